@@ -1,0 +1,26 @@
+"""rag-pipeline: a YAML-configured BGE retrieval pipeline on LangChain.
+
+    from rag_pipeline import Pipeline
+    pipe = Pipeline.from_yaml("configs/quickstart.yaml")
+    pipe.ingest()
+    docs = pipe.as_retriever().invoke("what is a sourdough starter?")
+"""
+
+from .config import PipelineConfig, load_config
+from .errors import ConfigError, IndexMismatchError, LoaderError, ModelNotAvailableError, RagPipelineError
+from .pipeline import IngestReport, Pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "IndexMismatchError",
+    "IngestReport",
+    "LoaderError",
+    "ModelNotAvailableError",
+    "Pipeline",
+    "PipelineConfig",
+    "RagPipelineError",
+    "__version__",
+    "load_config",
+]

@@ -1,0 +1,51 @@
+"""``chunker.type: recursive`` — LangChain's RecursiveCharacterTextSplitter, sizes in characters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..config import StageConfig
+from ..registry import register
+from .base import Chunker, _start_indices
+
+
+def build_recursive_chunker(config: "RecursiveChunkerConfig", embeddings=None) -> "RecursiveChunker":
+    return RecursiveChunker(config)
+
+
+class _SizedChunkerConfig(StageConfig):
+    chunk_size: int = Field(1000, gt=0)
+    chunk_overlap: int = Field(100, ge=0)
+    separators: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self):
+        # chunk_size may be None for the tokens chunker: the model's limit, checked when it loads.
+        if self.chunk_size is not None and self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+@register("chunker", "recursive", build_recursive_chunker)
+class RecursiveChunkerConfig(_SizedChunkerConfig):
+    """Split on paragraphs, then lines, then words, into chunks of at most ``chunk_size`` characters."""
+
+    type: Literal["recursive"] = "recursive"
+
+
+class RecursiveChunker(Chunker):
+    def __init__(self, config: RecursiveChunkerConfig):
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+        self.config = config
+        kwargs = {"separators": config.separators} if config.separators else {}
+        self.splitter = RecursiveCharacterTextSplitter(
+            chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap, **kwargs
+        )
+
+    def split_text(self, text: str) -> list[tuple[str, int]]:
+        return _start_indices(text, self.splitter.split_text(text))

@@ -1,0 +1,194 @@
+"""Configuration: YAML (``yaml.safe_load`` only) -> dotted overrides -> validated ``PipelineConfig``.
+
+Each stage section (``loader``, ``chunker``, ...) is validated by the pydantic model that its
+``type:`` names in the registry, so a misspelt key is reported with its dotted path
+(``chunker.chunk_sise: unknown key``) before any model is loaded or file is read.
+Relative paths resolve against the folder of the config file (or ``base_dir`` for a dict).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo
+
+from .errors import ConfigError
+from .registry import lookup
+
+# Default ``type:`` of each section when the config leaves it out.
+DEFAULT_TYPES = {
+    "loader": "directory",
+    "chunker": "recursive",
+    "embeddings": "bge",
+    "vectorstore": "chroma",
+    "retriever": "dense",
+    "reranker": "bge-reranker",
+}
+REQUIRED_SECTIONS = ("loader", "embeddings")
+
+
+def _resolve_against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    value = value.expanduser()
+    base_dir = (info.context or {}).get("base_dir")
+    if not value.is_absolute() and base_dir is not None:
+        value = Path(base_dir) / value
+    return Path(value).resolve() if base_dir is not None else value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_against_base_dir)]
+"""A path field that resolves relative to the config file's folder."""
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: strict about unknown keys, carries the ``type:`` name."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    type: str
+
+
+class PipelineConfig(BaseModel):
+    """The whole validated pipeline config. Build it with :func:`load_config`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = "rag-pipeline"
+    loader: SerializeAsAny[StageConfig]
+    chunker: SerializeAsAny[StageConfig]
+    embeddings: SerializeAsAny[StageConfig]
+    vectorstore: SerializeAsAny[StageConfig]
+    reranker: SerializeAsAny[StageConfig] | None = None
+    retriever: SerializeAsAny[StageConfig]
+    sample_queries: list[str] | ConfigPath | None = Field(
+        default=None,
+        description="Queries that `rag-pipeline run` answers: a list, or a path to a .txt/.jsonl file.",
+    )
+    base_dir: Path | None = Field(default=None, exclude=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (paths as strings), suitable for YAML or JSON."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+TOP_LEVEL_KEYS = tuple(k for k in PipelineConfig.model_fields if k != "base_dir")
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    base_dir: str | Path | None = None,
+) -> PipelineConfig:
+    """Read, override and validate a pipeline config.
+
+    ``source`` is a YAML file path or an already-parsed mapping. ``overrides`` maps dotted keys
+    to values (``{"retriever.k": 3}``); string values are parsed as YAML scalars, as on the CLI.
+    """
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        base = Path(base_dir) if base_dir is not None else path.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        apply_override(raw, dotted, value)
+    return validate_config(raw, base.resolve())
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a CLI ``--set dotted.key=value``; the value is read as a YAML scalar or list."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    return key.strip(), _parse_scalar(value)
+
+
+def _parse_scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError:
+        return value
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if parts[0] not in TOP_LEVEL_KEYS:
+        raise ConfigError(f"{dotted}: unknown key {parts[0]!r}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {dotted}")
+        node = child
+    node[parts[-1]] = _parse_scalar(value)
+
+
+def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    for section in REQUIRED_SECTIONS:
+        if raw.get(section) is None:
+            raise ConfigError(f"{section}: missing section (required: {', '.join(REQUIRED_SECTIONS)})")
+    context = {"base_dir": base_dir}
+    sections: dict[str, Any] = {}
+    for section, default_type in DEFAULT_TYPES.items():
+        data = raw.get(section)
+        if data is None:
+            # reranker is optional; every other section has usable defaults.
+            if section == "reranker":
+                continue
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{section}: must be a mapping of settings, got {type(data).__name__}")
+        data = dict(data)
+        data.setdefault("type", default_type)
+        registration = lookup(section, str(data["type"]))
+        try:
+            sections[section] = registration.config_model.model_validate(data, context=context)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config_model)) from None
+    rest = {k: v for k, v in raw.items() if k not in DEFAULT_TYPES}
+    try:
+        return PipelineConfig.model_validate({**rest, **sections, "base_dir": base_dir}, context=context)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, prefix="", model=PipelineConfig)) from None
+
+
+def _format_validation_error(exc: ValidationError, prefix: str, model: type[BaseModel]) -> str:
+    """All problems on one line, each led by its dotted key: ``chunker.chunk_size: ...``."""
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"])
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+            if len(error["loc"]) == 1:
+                valid = [name for name in model.model_fields if name != "base_dir"]
+                message += f"; valid keys: {', '.join(valid)}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] not in ("missing", "value_error") and not isinstance(error.get("input"), (dict, list)):
+                message += f" (got {error['input']!r})"
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)

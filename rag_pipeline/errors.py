@@ -1,0 +1,27 @@
+"""One vocabulary of exceptions for every error a user can cause.
+
+Each carries a one-line message that names the cause and, where there is one, the fix.
+The CLI prints ``error: <message>`` for these and exits non-zero; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class RagPipelineError(Exception):
+    """Base class: a mistake or condition the user can fix."""
+
+
+class ConfigError(RagPipelineError):
+    """The configuration is invalid (unknown key, wrong type, bad value)."""
+
+
+class ModelNotAvailableError(RagPipelineError):
+    """A model could not be found locally and cannot be downloaded."""
+
+
+class IndexMismatchError(RagPipelineError):
+    """An existing collection was built with a different embedding model."""
+
+
+class LoaderError(RagPipelineError):
+    """A source file could not be read and ``on_error: fail`` is set."""

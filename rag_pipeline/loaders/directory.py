@@ -1,0 +1,129 @@
+"""``loader.type: directory`` — every supported file under a folder, filtered by globs."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Literal
+
+from langchain_core.documents import Document
+from pydantic import Field, field_validator
+from tqdm.auto import tqdm
+
+from ..config import ConfigPath, StageConfig
+from ..errors import LoaderError
+from ..registry import register
+from .base import FileError, LoadResult
+from .readers import READERS, ReaderOptions, UnreadableFile
+
+
+def build_directory_loader(config: "DirectoryLoaderConfig") -> "DirectoryLoader":
+    return DirectoryLoader(config)
+
+
+@register("loader", "directory", build_directory_loader)
+class DirectoryLoaderConfig(StageConfig):
+    """Load .txt, .md, .html, .pdf (one document per page), .csv and .jsonl (one per record)."""
+
+    type: Literal["directory"] = "directory"
+    path: ConfigPath
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
+    text_field: str = Field("text", description="CSV column / JSONL field holding the text.")
+    id_field: str = Field("id", description="CSV column / JSONL field used in the document id, when present.")
+    encoding: str = "utf-8"
+    max_file_size: int | None = Field(50_000_000, gt=0, description="Bytes; larger files are skipped unread.")
+    on_error: Literal["skip", "fail"] = "skip"
+    show_progress: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value):
+        if not value.exists():
+            raise ValueError(f"path does not exist: {value}")
+        return value
+
+
+def _matches(relative: str, patterns: list[str]) -> bool:
+    # fnmatch's "*" also crosses "/", so "**/*.md" matches at any depth; the extra check
+    # lets "**/x" match "x" at the top level too.
+    return any(
+        fnmatch.fnmatch(relative, p) or (p.startswith("**/") and fnmatch.fnmatch(relative, p[3:])) for p in patterns
+    )
+
+
+class DirectoryLoader:
+    def __init__(self, config: DirectoryLoaderConfig):
+        self.config = config
+        self.reader_options = ReaderOptions(config.encoding, config.text_field, config.id_field)
+
+    @property
+    def root(self) -> Path:
+        path = self.config.path
+        return path if path.is_dir() else path.parent
+
+    def discover(self) -> list[Path]:
+        """Supported files under the root, sorted, without following directory symlinks (no loops)."""
+        path = self.config.path
+        if path.is_file():
+            return [path]
+        found = []
+        for folder, dirs, files in os.walk(path, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                file = Path(folder) / name
+                relative = file.relative_to(path).as_posix()
+                if file.suffix.lower() not in READERS:
+                    continue
+                if _matches(relative, self.config.include) and not _matches(relative, self.config.exclude):
+                    found.append(file)
+        return found
+
+    def source_id(self, file: Path) -> str:
+        return file.relative_to(self.root).as_posix()
+
+    def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> LoadResult:
+        files = self.discover() if files is None else files
+        result = LoadResult(files_seen=len(files))
+        show_progress = self.config.show_progress if show_progress is None else show_progress
+        progress = tqdm(files, desc="Loading", unit="file", disable=not show_progress or not files)
+        for file in progress:
+            source = self.source_id(file)
+            try:
+                documents, warnings = self.load_file(file)
+            except UnreadableFile as exc:
+                self._record_error(result, FileError(source, str(exc)))
+                continue
+            except OSError as exc:
+                self._record_error(result, FileError(source, exc.strerror or str(exc)))
+                continue
+            for warning in warnings:
+                self._record_error(result, FileError(source, warning))
+            result.documents.extend(documents)
+            result.files_loaded += 1
+        return result
+
+    def _record_error(self, result: LoadResult, error: FileError) -> None:
+        if self.config.on_error == "fail":
+            raise LoaderError(f"{error} (loader.on_error is 'fail'; set it to 'skip' to ingest the rest)")
+        result.errors.append(error)
+
+    def load_file(self, file: Path) -> tuple[list[Document], list[str]]:
+        size = file.stat().st_size
+        if self.config.max_file_size is not None and size > self.config.max_file_size:
+            raise UnreadableFile(f"{size} bytes is over loader.max_file_size ({self.config.max_file_size})")
+        if size == 0:
+            raise UnreadableFile("empty file")
+        read = READERS[file.suffix.lower()](file, self.reader_options)
+        source = self.source_id(file)
+        documents = []
+        for record in read.records:
+            if not record.text.strip():
+                continue  # an empty PDF page or CSV cell carries nothing to retrieve
+            doc_id = f"{source}#{record.key}" if record.key else source
+            metadata = {**record.metadata, "source": source, "doc_id": doc_id, "file_type": file.suffix.lower()[1:]}
+            documents.append(Document(page_content=record.text, metadata=metadata))
+        if not documents and not read.warnings:
+            raise UnreadableFile("no text found")
+        return documents, read.warnings

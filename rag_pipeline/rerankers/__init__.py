@@ -1,0 +1,5 @@
+"""Rerankers (LangChain ``BaseDocumentCompressor``s)."""
+
+from .bge_reranker import BgeReranker, BgeRerankerConfig
+
+__all__ = ["BgeReranker", "BgeRerankerConfig"]

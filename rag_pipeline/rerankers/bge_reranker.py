@@ -1,0 +1,122 @@
+"""``reranker.type: bge-reranker`` — a cross-encoder as a LangChain ``BaseDocumentCompressor``.
+
+A cross-encoder reads (query, passage) together and scores their relevance; it is slower than
+the bi-encoder and more accurate, so it reorders the dense retriever's top ``fetch_k`` (about 20)
+and keeps the best ``top_n`` (about 5). Scores go into ``metadata['rerank_score']``; the dense
+``score`` is kept beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+
+from ..config import StageConfig
+from ..embeddings.devices import DType, resolve_device, resolve_dtype
+from ..embeddings.models import remedy_for, resolve_model
+from ..errors import ModelNotAvailableError
+from ..registry import register
+
+
+def build_bge_reranker(config: "BgeRerankerConfig") -> "BgeReranker":
+    return BgeReranker(**config.model_dump(exclude={"type"}))
+
+
+@register("reranker", "bge-reranker", build_bge_reranker)
+class BgeRerankerConfig(StageConfig):
+    """A cross-encoder reranker: hub id (``BAAI/bge-reranker-base``), local folder or ``package:``."""
+
+    type: Literal["bge-reranker"] = "bge-reranker"
+    model: str = "BAAI/bge-reranker-base"
+    top_n: int | None = Field(None, gt=0, description="Documents kept; null = retriever.k.")
+    max_length: int = Field(512, gt=0)
+    batch_size: int = Field(32, gt=0)
+    normalize: bool = Field(False, description="Map scores to 0..1 with a sigmoid.")
+    device: str = "auto"
+    dtype: DType = "auto"
+    trust_remote_code: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_relative_folder(cls, value: str, info: ValidationInfo) -> str:
+        base_dir = (info.context or {}).get("base_dir")
+        if base_dir is not None and value.startswith(("./", "../")):
+            return str((Path(base_dir) / value).resolve())
+        return value
+
+
+class BgeReranker(BaseDocumentCompressor):
+    """Rerank documents with a BGE cross-encoder (via sentence-transformers' ``CrossEncoder``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: str
+    top_n: int | None = 5
+    max_length: int = 512
+    batch_size: int = 32
+    normalize: bool = False
+    device: str = "auto"
+    dtype: DType = "auto"
+    trust_remote_code: bool = False
+    # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
+    # share it, so the model loads once however many retrievers use it.
+    _loaded: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def cross_encoder(self):
+        if "model" not in self._loaded:
+            self._loaded["model"] = self._load()
+        return self._loaded["model"]
+
+    def _load(self):
+        from sentence_transformers import CrossEncoder
+
+        resolved = resolve_model(self.model, what="reranker.model")
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device, "reranker")
+        try:
+            return CrossEncoder(
+                resolved.path or resolved.model_id,
+                device=device,
+                max_length=self.max_length,
+                trust_remote_code=self.trust_remote_code,
+                local_files_only=resolved.local_files_only,
+                model_kwargs={"dtype": dtype},
+            )
+        except OSError as exc:
+            raise ModelNotAvailableError(
+                f"reranker.model: cannot load {self.model!r} ({str(exc).splitlines()[0][:200]}); "
+                + remedy_for(resolved.model_id)
+            ) from None
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """Relevance of each passage to the query: raw logits, or sigmoid(logit) with ``normalize``."""
+        if not passages:
+            return []
+        import torch
+
+        activation = torch.nn.Sigmoid() if self.normalize else torch.nn.Identity()
+        scores = self.cross_encoder.predict(
+            [(query, passage) for passage in passages],
+            batch_size=self.batch_size,
+            activation_fn=activation,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return [float(s) for s in scores]
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        scores = self.score(query, [d.page_content for d in documents])
+        ranked = sorted(zip(documents, scores), key=lambda pair: pair[1], reverse=True)
+        if self.top_n is not None:
+            ranked = ranked[: self.top_n]
+        return [
+            Document(page_content=d.page_content, metadata={**d.metadata, "rerank_score": s}, id=d.id)
+            for d, s in ranked
+        ]

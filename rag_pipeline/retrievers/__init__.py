@@ -1,0 +1,5 @@
+"""Retrievers: LangChain ``BaseRetriever``s built from the configured stages."""
+
+from .dense import DenseRetriever, DenseRetrieverConfig
+
+__all__ = ["DenseRetriever", "DenseRetrieverConfig"]
