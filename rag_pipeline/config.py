@@ -88,7 +88,7 @@ def load_config(
     """Read, override and validate a pipeline config.
 
     ``source`` is a YAML file path or an already-parsed mapping. ``overrides`` maps dotted keys
-    to values (``{"retriever.k": 3}``); string values are parsed as YAML scalars, as on the CLI.
+    to values (``{"retriever.k": 3}``), taken as they are (the CLI parses ``--set`` text first).
     """
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
@@ -140,7 +140,7 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {dotted}")
         node = child
-    node[parts[-1]] = _parse_scalar(value)
+    node[parts[-1]] = value
 
 
 def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:

