@@ -44,6 +44,17 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_against_base_dir)]
 """A path field that resolves relative to the config file's folder."""
 
 
+def _resolve_relative_model_folder(value: str, info: ValidationInfo) -> str:
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is not None and value.startswith(("./", "../")):
+        return str((Path(base_dir) / value).resolve())
+    return value
+
+
+ModelReference = Annotated[str, AfterValidator(_resolve_relative_model_folder)]
+"""A model: hub id, ``package:<name>``, or a folder; ``./`` and ``../`` folders resolve like paths."""
+
+
 class StageConfig(BaseModel):
     """Base of every stage config: strict about unknown keys, carries the ``type:`` name."""
 

@@ -79,14 +79,10 @@ def _train_xlmr_tokenizer(folder: Path):
     return fast
 
 
-def build_tiny_reranker(folder: Path, *, seed: int = 0) -> Path:
-    """A bge-reranker-shaped cross-encoder: XLM-RoBERTa sequence classifier with one logit."""
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+def _tiny_xlmr_config(tokenizer, **extra):
+    from transformers import XLMRobertaConfig
 
-    torch.manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_xlmr_tokenizer(folder)
-    config = XLMRobertaConfig(
+    return XLMRobertaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
@@ -96,9 +92,18 @@ def build_tiny_reranker(folder: Path, *, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        num_labels=1,
+        **extra,
     )
-    model = XLMRobertaForSequenceClassification(config)
+
+
+def build_tiny_reranker(folder: Path, *, seed: int = 0) -> Path:
+    """A bge-reranker-shaped cross-encoder: XLM-RoBERTa sequence classifier with one logit."""
+    from transformers import XLMRobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_xlmr_tokenizer(folder)
+    model = XLMRobertaForSequenceClassification(_tiny_xlmr_config(tokenizer, num_labels=1))
     # Random init leaves the classifier near zero; widen it so scores are well separated.
     with torch.no_grad():
         model.classifier.out_proj.weight.normal_(0, 1.0)
@@ -109,21 +114,13 @@ def build_tiny_reranker(folder: Path, *, seed: int = 0) -> Path:
 def build_tiny_bge_m3(folder: Path, *, seed: int = 0) -> Path:
     """A bge-m3-shaped bi-encoder: XLM-RoBERTa, CLS pooling, normalisation (dense head only)."""
     from sentence_transformers import SentenceTransformer, models
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaModel
 
     torch.manual_seed(seed)
     backbone = folder / "backbone"
     backbone.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_xlmr_tokenizer(backbone)
-    config = XLMRobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=514,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = _tiny_xlmr_config(tokenizer)
     XLMRobertaModel(config).save_pretrained(backbone)
     transformer = models.Transformer(str(backbone), max_seq_length=512)
     pooling = models.Pooling(config.hidden_size, pooling_mode="cls")

@@ -95,3 +95,15 @@ def test_yaml_is_read_with_safe_load_only(tmp_path):
 def test_a_missing_config_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_relative_model_folders_resolve_against_the_config_folder(tmp_path):
+    config = load_config(
+        {"loader": {"path": "."}, "embeddings": {"model": "./models/bge-small-en-v1.5"},
+         "reranker": {"model": "../rerankers/bge-reranker-base"}},
+        base_dir=tmp_path,
+    )
+    assert config.embeddings.model == str(tmp_path.resolve() / "models" / "bge-small-en-v1.5")
+    assert config.reranker.model == str(tmp_path.resolve().parent / "rerankers" / "bge-reranker-base")
+    # hub ids and packaged models are left as they are
+    assert load_config({"loader": {"path": "."}, "embeddings": {"model": "BAAI/bge-m3"}}, base_dir=tmp_path).embeddings.model == "BAAI/bge-m3"

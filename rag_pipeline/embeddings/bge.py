@@ -9,14 +9,13 @@ a GPU, and access to the tokenizer so chunkers can count tokens the way the mode
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
-from ..config import ConfigPath, StageConfig
+from ..config import ConfigPath, ModelReference, StageConfig
 from ..errors import ModelNotAvailableError
 from ..registry import register
 from .devices import DType, resolve_device, resolve_dtype
@@ -34,7 +33,7 @@ class BgeEmbeddingsConfig(StageConfig):
     """A bi-encoder: hub id, local folder, or ``package:<name>`` for a model shipped in a package."""
 
     type: Literal["bge"] = "bge"
-    model: str = "BAAI/bge-small-en-v1.5"
+    model: ModelReference = "BAAI/bge-small-en-v1.5"
     query_instruction: str | None = Field(
         None, description="Prefix for queries only; null picks the model's own from the known-models table."
     )
@@ -49,14 +48,6 @@ class BgeEmbeddingsConfig(StageConfig):
         True, description="Keep passage vectors on disk (next to a persistent index) so re-runs do not re-embed."
     )
     show_progress: bool = True
-
-    @field_validator("model")
-    @classmethod
-    def _resolve_relative_folder(cls, value: str, info: ValidationInfo) -> str:
-        base_dir = (info.context or {}).get("base_dir")
-        if base_dir is not None and value.startswith(("./", "../")):
-            return str((Path(base_dir) / value).resolve())
-        return value
 
 
 class BgeEmbeddings(Embeddings):

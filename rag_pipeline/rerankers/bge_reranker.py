@@ -8,14 +8,13 @@ and keeps the best ``top_n`` (about 5). Scores go into ``metadata['rerank_score'
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
-from ..config import StageConfig
+from ..config import ModelReference, StageConfig
 from ..embeddings.devices import DType, resolve_device, resolve_dtype
 from ..embeddings.models import remedy_for, resolve_model
 from ..errors import ModelNotAvailableError
@@ -31,7 +30,7 @@ class BgeRerankerConfig(StageConfig):
     """A cross-encoder reranker: hub id (``BAAI/bge-reranker-base``), local folder or ``package:``."""
 
     type: Literal["bge-reranker"] = "bge-reranker"
-    model: str = "BAAI/bge-reranker-base"
+    model: ModelReference = "BAAI/bge-reranker-base"
     top_n: int | None = Field(None, gt=0, description="Documents kept; null = retriever.k.")
     max_length: int = Field(512, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -39,14 +38,6 @@ class BgeRerankerConfig(StageConfig):
     device: str = "auto"
     dtype: DType = "auto"
     trust_remote_code: bool = False
-
-    @field_validator("model")
-    @classmethod
-    def _resolve_relative_folder(cls, value: str, info: ValidationInfo) -> str:
-        base_dir = (info.context or {}).get("base_dir")
-        if base_dir is not None and value.startswith(("./", "../")):
-            return str((Path(base_dir) / value).resolve())
-        return value
 
 
 class BgeReranker(BaseDocumentCompressor):
