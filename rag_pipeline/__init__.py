@@ -7,13 +7,21 @@
 """
 
 from .config import PipelineConfig, load_config
-from .errors import ConfigError, IndexMismatchError, LoaderError, ModelNotAvailableError, RagPipelineError
+from .errors import (
+    ConfigError,
+    IndexBusyError,
+    IndexMismatchError,
+    LoaderError,
+    ModelNotAvailableError,
+    RagPipelineError,
+)
 from .pipeline import IngestReport, Pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "IndexBusyError",
     "IndexMismatchError",
     "IngestReport",
     "LoaderError",

@@ -30,13 +30,31 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
         return sub
 
-    with_config(commands.add_parser("ingest", help="load, chunk, embed and index the configured sources"))
+    ingest = with_config(commands.add_parser("ingest", help="bring the index in step with the configured sources"))
+    ingest.add_argument(
+        "--dry-run", action="store_true", help="list the files that would be added, updated and removed; change nothing"
+    )
+    with_config(commands.add_parser("reindex", help="re-embed the sources with the configured model into a new collection, then switch to it"))
     query = with_config(commands.add_parser("query", help="retrieve the best passages for a query"))
     query.add_argument("text", help="the query")
     query.add_argument("--k", type=int, default=None, help="number of results")
     query.add_argument("--json", action="store_true", help="print a JSON array of {id, content, metadata}")
     run = with_config(commands.add_parser("run", help="ingest, then answer the config's sample queries"))
     run.add_argument("--k", type=int, default=None, help="number of results per query")
+    evaluate = with_config(commands.add_parser("eval", help="score the pipeline on a BEIR-format test collection"))
+    evaluate.add_argument("--dataset", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    evaluate.add_argument("--split", default="test", help="qrels/<split>.tsv to score (default: test)")
+    evaluate.add_argument("--json", dest="json_path", metavar="FILE", help="also write metrics, config, timings as JSON")
+    evaluate.add_argument(
+        "--max-queries", type=int, default=None, metavar="N",
+        help="quick run: the first N queries, their judged documents plus --distractors others (not comparable to published numbers)",
+    )
+    evaluate.add_argument("--distractors", type=int, default=500, metavar="D", help="with --max-queries: other documents drawn at random (default 500)")
+    evaluate.add_argument("--seed", type=int, default=0, help="with --max-queries: seed for drawing the distractors")
+    evaluate.add_argument(
+        "--search", choices=["exact", "ann"], default="exact",
+        help="exact: score every chunk (reproducible, as BEIR/MTEB); ann: Chroma's HNSW index, as in serving",
+    )
 
     config = commands.add_parser("config", help="validate or show a config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -78,8 +96,21 @@ def _print_ingest(report) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    report = _pipeline(args).ingest()
+    if args.dry_run:
+        plan = _pipeline(args).plan()
+        print(plan.summary())
+        for label, sources in (("add", plan.added), ("update", plan.updated), ("remove", plan.removed), ("keep", plan.kept)):
+            for source in sources:
+                print(f"  {label:<6} {source}")
+        return 0
+    _print_ingest(_pipeline(args).ingest())
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    report = _pipeline(args).reindex()
     _print_ingest(report)
+    print(f"now serving collection {report.collection!r}")
     return 0
 
 
@@ -105,6 +136,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_beir
+
+    dataset = load_beir(args.dataset, split=args.split)
+    if args.max_queries is not None:
+        dataset = dataset.subset_of(args.max_queries, distractors=args.distractors, seed=args.seed)
+    result = evaluate(_pipeline(args), dataset, search=args.search)
+    print(result.table())
+    if args.json_path:
+        print(f"wrote {result.write_json(args.json_path)}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     config = load_config(args.config, overrides)
@@ -115,7 +159,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "query": cmd_query, "run": cmd_run, "config": cmd_config}
+COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `rag-pipeline run ... | head`: the reader left; stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _quiet_libraries() -> None:
@@ -147,7 +195,7 @@ def _quiet_libraries() -> None:
         transformers_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
-    for name in ("chromadb", "sentence_transformers", "httpx"):
+    for name in ("chromadb", "sentence_transformers", "httpx", "pypdf"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo
@@ -62,6 +62,28 @@ class StageConfig(BaseModel):
     type: str
 
 
+class IngestConfig(BaseModel):
+    """``ingest:`` — how ``ingest`` keeps the index in step with the sources.
+
+    ``cleanup`` (the modes of LangChain's indexing API):
+
+    * ``full`` (default): the index mirrors the sources. New files are added, a changed file's
+      chunks replace its old ones, a deleted (or no longer included) file's chunks are removed.
+    * ``incremental``: as ``full``, except that files gone from the sources keep their chunks; for a
+      loader that sees only part of the corpus (a folder of new arrivals).
+    * ``none``: append only. A changed file's new chunks are added and its old ones kept.
+
+    Unchanged files (same size and mtime, or same sha256) are skipped without being parsed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cleanup: Literal["full", "incremental", "none"] = "full"
+    lock_timeout: float = Field(
+        60.0, ge=0, description="Seconds a second ingest on the same index waits for the first before giving up."
+    )
+
+
 class PipelineConfig(BaseModel):
     """The whole validated pipeline config. Build it with :func:`load_config`."""
 
@@ -74,6 +96,7 @@ class PipelineConfig(BaseModel):
     vectorstore: SerializeAsAny[StageConfig]
     reranker: SerializeAsAny[StageConfig] | None = None
     retriever: SerializeAsAny[StageConfig]
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     sample_queries: list[str] | ConfigPath | None = Field(
         default=None,
         description="Queries that `rag-pipeline run` answers: a list, or a path to a .txt/.jsonl file.",

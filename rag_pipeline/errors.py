@@ -25,3 +25,7 @@ class IndexMismatchError(RagPipelineError):
 
 class LoaderError(RagPipelineError):
     """A source file could not be read and ``on_error: fail`` is set."""
+
+
+class IndexBusyError(RagPipelineError):
+    """Another ingest or reindex holds the index's write lock."""

@@ -5,54 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from tqdm.auto import tqdm
 
 from .config import PipelineConfig, load_config
-from .embeddings.cache import EmbeddingCache, encode_with_cache
+from .embeddings.cache import EmbeddingCache
 from .errors import ConfigError
-from .loaders.base import FileError
+from .indexing.lock import index_lock
+from .indexing.record import IndexRecord
+from .indexing.report import IngestReport, SyncPlan
+from .indexing.sync import Indexer, collect_garbage, ingest_settings, next_collection_name, plan_sync, warn_truncated, write_chunks
 from .registry import lookup
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class IngestReport:
-    """What one ``ingest()`` did. ``errors`` holds each unreadable source with its reason."""
-
-    files_seen: int = 0
-    files_loaded: int = 0
-    documents: int = 0
-    chunks: int = 0
-    added: int = 0
-    skipped: int = 0  # already in the collection (same id): not embedded again
-    embedded: int = 0  # chunks that went through the model (the rest came from the embedding cache)
-    truncated: int = 0  # chunks longer than the model's max_seq_length
-    errors: list[FileError] = field(default_factory=list)
-    collection_count: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["errors"] = [{"source": e.source, "reason": e.reason} for e in self.errors]
-        return data
-
-    def summary(self) -> str:
-        text = (
-            f"{self.files_loaded}/{self.files_seen} files, {self.documents} documents, {self.chunks} chunks: "
-            f"{self.added} added ({self.embedded} embedded, {self.added - self.embedded} from the embedding cache), "
-            f"{self.skipped} already indexed; collection holds {self.collection_count} "
-            f"({self.seconds:.1f}s)"
-        )
-        if self.errors:
-            text += f"; {len(self.errors)} error(s)"
-        return text
 
 
 class Pipeline:
@@ -121,7 +90,7 @@ class Pipeline:
         if "embedding_cache" not in self._stages:
             path = self.store.embedding_cache_path if self.embeddings.config.embedding_cache else None
             self._stages["embedding_cache"] = (
-                EmbeddingCache(path, self.embeddings.fingerprint()) if path is not None else None
+                EmbeddingCache(path, self.embeddings.cache_identity()) if path is not None else None
             )
         return self._stages["embedding_cache"]
 
@@ -131,53 +100,115 @@ class Pipeline:
 
     # -- work --------------------------------------------------------------------------------------
     def ingest(self, show_progress: bool | None = None) -> IngestReport:
-        """Load, chunk, embed what is new, and upsert it. Running it twice adds nothing."""
+        """Bring the index in step with the sources: new files added, changed files' chunks
+        replaced, deleted files' chunks removed (``ingest.cleanup``). Unchanged files are skipped
+        unread, so running it twice adds nothing and costs little. Safe to kill at any point: the
+        next run finishes the job (see :mod:`rag_pipeline.indexing.sync`). One ingest at a time
+        per index folder; queries keep answering meanwhile.
+        """
         started = time.perf_counter()
-        loaded = self.loader.load(show_progress=show_progress)
-        chunks = self.chunker.split_documents(loaded.documents)
-        report = self.index_chunks(chunks, show_progress=show_progress)
-        report.files_seen, report.files_loaded = loaded.files_seen, loaded.files_loaded
-        report.documents, report.errors = len(loaded.documents), loaded.errors
+        store = self.store
+        with index_lock(store.lock_path, self.config.ingest.lock_timeout), self._index_record() as record:
+            logical = store.config.collection
+            active = record.active_collection(logical) or logical
+            if active != store.collection_name:  # another process reindexed since we opened it
+                store.use_collection(active)
+            if active not in record.collections(logical):  # an index from before the record, or a new one
+                record.add_collection(active, logical, "active")
+            collect_garbage(record, store, logical, keep=active)
+            report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def plan(self) -> SyncPlan:
+        """What ``ingest()`` would add, update and remove, by file (``ingest --dry-run``).
+
+        Reads the record and the files' stat (hashing files whose stat changed); writes nothing,
+        creates nothing, loads no model.
+        """
+        store = self.store
+        record = IndexRecord.open_existing(store.record_path) if store.record_path else self._stages.get("record")
+        try:
+            return plan_sync(self.loader, record, store.collection_name, self._settings(), self.config.ingest.cleanup)
+        finally:
+            if record is not None and store.record_path is not None:
+                record.close()
+
+    def reindex(self, show_progress: bool | None = None) -> IngestReport:
+        """Re-embed every source with the configured model into a new collection, then switch
+        ``vectorstore.collection`` to it in one step and drop the old one.
+
+        The old collection keeps serving queries until the new one is complete; a reindex that is
+        killed leaves the old one in service, and its half-built collection is dropped by the next
+        ingest or reindex. Vectors already in the embedding cache for this model are not recomputed.
+        The new collection mirrors the sources as they are now (``cleanup: full``).
+        """
+        started = time.perf_counter()
+        store = self.store
+        with index_lock(store.lock_path, self.config.ingest.lock_timeout), self._index_record() as record:
+            logical = store.config.collection
+            current = record.active_collection(logical) or (logical if store.exists_named(logical) else None)
+            if current is not None:
+                record.add_collection(current, logical, "active")
+            collect_garbage(record, store, logical, keep=current)
+            new = next_collection_name(logical, store.collection_names() | record.known_collection_names())
+            record.add_collection(new, logical, "building")
+            building = lookup("vectorstore", store.config.type).builder(store.config, self.embeddings)
+            building.use_collection(new)
+            report = self._indexer(building, record, "full", show_progress).sync()
+            retired = record.switch(logical, new)
+            store.use_collection(new)
+            for old in retired:
+                store.drop_collection(old)
+                record.forget_collection(old)
         report.seconds = time.perf_counter() - started
         return report
 
     def index_chunks(self, chunks: list[Document], show_progress: bool | None = None) -> IngestReport:
-        """Embed and write the chunks the collection does not hold yet, batch by batch."""
-        unique = list({c.id: c for c in chunks}.values())  # the same chunk listed twice is one chunk
-        existing = self.store.existing_ids([c.id for c in unique]) if unique else set()
-        new = [c for c in unique if c.id not in existing]
-        report = IngestReport(chunks=len(chunks), skipped=len(unique) - len(new))
-        if new:
-            report.truncated = self._count_truncated(new)
+        """Embed and write the chunks the collection does not hold yet, batch by batch.
+
+        A primitive for collections you manage yourself (evaluation): it keeps no record and takes
+        no lock. Chunks written this way are not ingest's: an ``ingest()`` into the same collection
+        removes them.
+        """
         if show_progress is None:
             show_progress = self.embeddings.config.show_progress
-        batch = self.store.max_batch_size
-        with tqdm(total=len(new), desc="Embedding", unit="chunk", disable=not show_progress or not new) as bar:
-            for start in range(0, len(new), batch):
-                part = new[start : start + batch]
-                vectors, embedded = encode_with_cache(
-                    self.embeddings, [c.page_content for c in part], self.embedding_cache
-                )
-                self.store.upsert(part, vectors)
-                report.embedded += embedded
-                report.added += len(part)
-                bar.update(len(part))
+        report = IngestReport(chunks=len(chunks), collection=self.store.collection_name)
+        write_chunks(
+            self.store, self.embeddings, lambda: self.embedding_cache, chunks, report, show_progress=show_progress
+        )
+        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.collection_count = self.store.count()
         return report
 
-    def _count_truncated(self, chunks: list[Document]) -> int:
-        limit = self.embeddings.max_seq_length
-        counts = self.embeddings.count_tokens([c.page_content for c in chunks])
-        truncated = sum(1 for n in counts if n > limit)
-        if truncated:
-            logger.warning(
-                "%d of %d chunks are longer than the model's max_seq_length (%d tokens) and will be truncated; "
-                "use chunker.type: tokens (or a smaller chunk_size) so every word stays searchable",
-                truncated,
-                len(chunks),
-                limit,
-            )
-        return truncated
+    # -- indexing helpers --------------------------------------------------------------------------
+    def _settings(self) -> str:
+        return ingest_settings(self.config.loader, self.config.chunker)
+
+    def _indexer(self, store, record: IndexRecord, cleanup: str, show_progress: bool | None) -> Indexer:
+        return Indexer(
+            loader=self.loader,
+            chunker=lambda: self.chunker,
+            embeddings=self.embeddings,
+            store=store,
+            cache=lambda: self.embedding_cache,
+            record=record,
+            settings=self._settings(),
+            cleanup=cleanup,
+            show_progress=self.config.loader.show_progress if show_progress is None else show_progress,
+        )
+
+    @contextmanager
+    def _index_record(self) -> Iterator[IndexRecord]:
+        """The writable record: a file beside a persistent index, or this pipeline's own in memory."""
+        path = self.store.record_path
+        if path is None:
+            if "record" not in self._stages:
+                self._stages["record"] = IndexRecord(None)
+            yield self._stages["record"]
+            return
+        with IndexRecord(path) as record:
+            yield record
 
     def as_retriever(self, k: int | None = None) -> BaseRetriever:
         """A LangChain ``BaseRetriever``: ``invoke``, ``batch``, ``ainvoke`` and ``|`` all work.

@@ -51,7 +51,7 @@ def test_bad_values_name_their_dotted_key(tmp_path, override, dotted):
 
 
 def test_overlap_larger_than_chunk_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"^chunker: chunk_overlap \(200\) must be smaller than chunk_size \(100\)"):
+    with pytest.raises(ConfigError, match=r"^chunker\.chunk_overlap: chunk_overlap \(200\) must be smaller than chunk_size \(100\)"):
         load_config(_base(tmp_path), {"chunker.chunk_size": 100, "chunker.chunk_overlap": 200}, base_dir=tmp_path)
 
 

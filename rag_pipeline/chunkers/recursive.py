@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..config import StageConfig
 from ..registry import register
@@ -20,14 +20,16 @@ class _SizedChunkerConfig(StageConfig):
     chunk_overlap: int = Field(100, ge=0)
     separators: list[str] | None = None
 
-    @model_validator(mode="after")
-    def _overlap_below_size(self):
-        # chunk_size may be None for the tokens chunker: the model's limit, checked when it loads.
-        if self.chunk_size is not None and self.chunk_overlap >= self.chunk_size:
-            raise ValueError(
-                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
-            )
-        return self
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, overlap: int, info: ValidationInfo) -> int:
+        # A field validator, so the error names chunker.chunk_overlap. chunk_size is validated
+        # first (absent here when it was itself invalid); it may be None for the tokens chunker:
+        # the model's limit, checked when the model loads.
+        size = info.data.get("chunk_size")
+        if size is not None and overlap >= size:
+            raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
+        return overlap
 
 
 @register("chunker", "recursive", build_recursive_chunker)

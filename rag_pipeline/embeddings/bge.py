@@ -127,13 +127,27 @@ class BgeEmbeddings(Embeddings):
         encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What makes two indexes' vectors comparable; stored with each collection."""
+    def fingerprint(self, *, load_model: bool = True) -> dict[str, Any]:
+        """What makes two indexes' vectors comparable; stored with each collection.
+
+        ``load_model=False`` leaves out the dimension unless the model is already loaded: enough to
+        check an existing index (the dimension follows from the model) without a model load.
+        """
+        fingerprint: dict[str, Any] = {"model": self.model_id}
+        if load_model or self._model is not None:
+            fingerprint["dimension"] = self.dimension
+        fingerprint["normalize"] = self.config.normalize
+        fingerprint["query_instruction"] = self.query_instruction
+        return fingerprint
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides a passage's vector: the fingerprint plus the settings that change vectors
+        without making them incomparable (truncation length, precision). The embedding cache is
+        keyed by this, so an A/B of ``max_seq_length`` or ``dtype`` never reuses the other's vectors."""
         return {
-            "model": self.model_id,
-            "dimension": self.dimension,
-            "normalize": self.config.normalize,
-            "query_instruction": self.query_instruction,
+            **self.fingerprint(),
+            "max_seq_length": self.max_seq_length,
+            "dtype": str(next(self.client.parameters()).dtype).removeprefix("torch."),
         }
 
     # -- the LangChain Embeddings interface -----------------------------------------------------

@@ -1,4 +1,4 @@
-"""An on-disk cache of passage embeddings, keyed by model fingerprint and text hash.
+"""An on-disk cache of passage embeddings, keyed by model identity and text hash.
 
 Re-embedding is the expensive part of every re-run (a crashed ingest, a second evaluation, a
 rebuilt collection), and the vector of a text under a given model never changes. One SQLite file

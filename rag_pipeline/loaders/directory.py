@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -54,9 +55,23 @@ def _matches(relative: str, patterns: list[str]) -> bool:
 
 
 class DirectoryLoader:
+    """Finds the files (``discover``), names them (``source_id``) and reads them (``load``).
+
+    Hostile input is reported, never fatal (with ``on_error: skip``): each file that cannot be read
+    becomes a ``FileError`` with its reason, and the rest load. Folders that cannot be listed and
+    file names that are not UTF-8 are reported by ``discover`` in ``discovery_errors``. Directory
+    symlinks are not followed (no loops); a file symlink loop is reported as one.
+    """
+
     def __init__(self, config: DirectoryLoaderConfig):
         self.config = config
-        self.reader_options = ReaderOptions(config.encoding, config.text_field, config.id_field)
+        self.reader_options = ReaderOptions(config.encoding, config.text_field, config.id_field, config.max_file_size)
+        self.discovery_errors: list[FileError] = []
+
+    @property
+    def unlisted(self) -> list[FileError]:
+        """Folders the last ``discover`` could not list (their files' index entries must be kept)."""
+        return [e for e in self.discovery_errors if e.source.endswith("/")]
 
     @property
     def root(self) -> Path:
@@ -66,26 +81,44 @@ class DirectoryLoader:
     def discover(self) -> list[Path]:
         """Supported files under the root, sorted, without following directory symlinks (no loops)."""
         path = self.config.path
+        self.discovery_errors = []
         if path.is_file():
             return [path]
         found = []
-        for folder, dirs, files in os.walk(path, followlinks=False):
+
+        def unlistable(error: OSError) -> None:
+            folder = Path(error.filename or path)
+            relative = folder.relative_to(path).as_posix() if folder != path else "."
+            self.discovery_errors.append(FileError(f"{relative}/", f"cannot list folder ({error.strerror or error})"))
+
+        for folder, dirs, files in os.walk(path, followlinks=False, onerror=unlistable):
             dirs.sort()
             for name in sorted(files):
                 file = Path(folder) / name
                 relative = file.relative_to(path).as_posix()
                 if file.suffix.lower() not in READERS:
                     continue
-                if _matches(relative, self.config.include) and not _matches(relative, self.config.exclude):
-                    found.append(file)
+                if not _matches(relative, self.config.include) or _matches(relative, self.config.exclude):
+                    continue
+                try:
+                    relative.encode("utf-8")
+                except UnicodeEncodeError:
+                    printable = relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    self.discovery_errors.append(FileError(printable, "file name is not valid UTF-8; rename it"))
+                    continue
+                found.append(file)
         return found
 
     def source_id(self, file: Path) -> str:
         return file.relative_to(self.root).as_posix()
 
     def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> LoadResult:
-        files = self.discover() if files is None else files
-        result = LoadResult(files_seen=len(files))
+        result = LoadResult()
+        if files is None:
+            files = self.discover()
+            for error in self.discovery_errors:
+                self.report(error, result.errors)
+        result.files_seen = len(files)
         show_progress = self.config.show_progress if show_progress is None else show_progress
         progress = tqdm(files, desc="Loading", unit="file", disable=not show_progress or not files)
         for file in progress:
@@ -93,24 +126,28 @@ class DirectoryLoader:
             try:
                 documents, warnings = self.load_file(file)
             except UnreadableFile as exc:
-                self._record_error(result, FileError(source, str(exc)))
+                self.report(FileError(source, str(exc)), result.errors)
                 continue
             except OSError as exc:
-                self._record_error(result, FileError(source, exc.strerror or str(exc)))
+                self.report(FileError(source, exc.strerror or str(exc)), result.errors)
                 continue
             for warning in warnings:
-                self._record_error(result, FileError(source, warning))
+                self.report(FileError(source, warning), result.errors)
             result.documents.extend(documents)
             result.files_loaded += 1
         return result
 
-    def _record_error(self, result: LoadResult, error: FileError) -> None:
+    def report(self, error: FileError, errors: list[FileError]) -> None:
+        """Add ``error`` to ``errors``, or raise ``LoaderError`` when ``on_error`` is ``fail``."""
         if self.config.on_error == "fail":
             raise LoaderError(f"{error} (loader.on_error is 'fail'; set it to 'skip' to ingest the rest)")
-        result.errors.append(error)
+        errors.append(error)
 
     def load_file(self, file: Path) -> tuple[list[Document], list[str]]:
-        size = file.stat().st_size
+        st = file.stat()  # follows a file symlink; a symlink loop raises ELOOP here
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile(f"not a regular file ({_file_kind(st.st_mode)})")  # a FIFO would block forever
+        size = st.st_size
         if self.config.max_file_size is not None and size > self.config.max_file_size:
             raise UnreadableFile(f"{size} bytes is over loader.max_file_size ({self.config.max_file_size})")
         if size == 0:
@@ -127,3 +164,16 @@ class DirectoryLoader:
         if not documents and not read.warnings:
             raise UnreadableFile("no text found")
         return documents, read.warnings
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"

@@ -2,7 +2,11 @@
 
 The collection's metadata records the embedding fingerprint (model, dimension, normalisation,
 query instruction). Opening it with a different one is refused: vectors of two models in one
-index are not comparable, and search would go quietly wrong.
+index are not comparable, and search would go quietly wrong. ``rag-pipeline reindex`` is the fix.
+
+``vectorstore.collection`` is a logical name. The index record beside the collection
+(:mod:`rag_pipeline.indexing.record`) maps it to the physical Chroma collection that serves it,
+which ``reindex`` swaps when a new one is complete; with no record the two names are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pydantic import Field
 
 from ..config import ConfigPath, StageConfig
 from ..errors import ConfigError, IndexMismatchError
+from ..indexing.lock import LOCK_FILENAME
+from ..indexing.record import RECORD_FILENAME, IndexRecord
 from ..registry import register
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -52,8 +58,26 @@ class ChromaStore:
     def __init__(self, config: ChromaStoreConfig, embeddings, collection_name: str | None = None):
         self.config = config
         self.embeddings = embeddings
-        self.collection_name = collection_name or config.collection
+        self._collection_name = collection_name
         self._client = None
+        self._collection = None
+        self._vectorstore = None
+
+    @property
+    def collection_name(self) -> str:
+        """The physical collection: the one the record names active for ``vectorstore.collection``."""
+        if self._collection_name is None:
+            record = IndexRecord.open_existing(self.record_path)
+            active = None
+            if record is not None:
+                with record:
+                    active = record.active_collection(self.config.collection)
+            self._collection_name = active or self.config.collection
+        return self._collection_name
+
+    def use_collection(self, name: str) -> None:
+        """Serve another physical collection from now on (after a reindex switched to it)."""
+        self._collection_name = name
         self._collection = None
         self._vectorstore = None
 
@@ -72,8 +96,15 @@ class ChromaStore:
                 self._client = chromadb.PersistentClient(path=str(self.config.persist_directory), settings=settings)
         return self._client
 
+    def collection_names(self) -> set[str]:
+        """Every collection in the client (all logical names and their physical generations)."""
+        return {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+
     def exists(self) -> bool:
-        return self.collection_name in {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+        return self.exists_named(self.collection_name)
+
+    def exists_named(self, name: str) -> bool:
+        return name in self.collection_names()
 
     @property
     def collection(self):
@@ -83,8 +114,8 @@ class ChromaStore:
         return self._collection
 
     def _open_collection(self):
-        expected = self.embeddings.fingerprint()
         if not self.exists():
+            expected = self.embeddings.fingerprint()
             # No embedding function on the Chroma side: we always pass our vectors, and Chroma
             # must never fall back to downloading its own default model.
             return self.client.create_collection(
@@ -95,6 +126,7 @@ class ChromaStore:
         collection = self.client.get_collection(self.collection_name, embedding_function=None)
         stored_text = (collection.metadata or {}).get(FINGERPRINT_KEY)
         if stored_text is None:
+            expected = self.embeddings.fingerprint()
             if collection.count() > 0:
                 raise IndexMismatchError(
                     f"collection {self.collection_name!r} in {self.config.persist_directory} was not built by "
@@ -105,16 +137,20 @@ class ChromaStore:
             collection.modify(metadata=metadata)
             return collection
         stored = json.loads(stored_text)
-        if stored != expected:
+        # Checked without loading the model when it is not loaded yet: the dimension follows from
+        # the model, so opening an index to find nothing changed costs no model load.
+        expected = self.embeddings.fingerprint(load_model=False)
+        if any(stored.get(key) != value for key, value in expected.items()):
             differences = ", ".join(
                 f"{key}: index has {stored.get(key)!r}, config gives {expected.get(key)!r}"
-                for key in sorted(set(stored) | set(expected))
+                for key in sorted(expected)
                 if stored.get(key) != expected.get(key)
             )
             raise IndexMismatchError(
-                f"collection {self.collection_name!r} was built with another embedding setup ({differences}); "
-                "vectors of different models cannot be mixed: set vectorstore.collection to a new name, "
-                "or delete the collection and ingest again"
+                f"collection {self.config.collection!r} was built with another embedding setup ({differences}); "
+                "vectors of different models cannot be mixed: run `rag-pipeline reindex CONFIG` to re-embed the "
+                "corpus with the configured model (the current index serves until the new one is complete), "
+                "or set vectorstore.collection to a new name"
             )
         return collection
 
@@ -132,6 +168,19 @@ class ChromaStore:
                 create_collection_if_not_exists=False,
             )
         return self._vectorstore
+
+    @property
+    def record_path(self) -> Path | None:
+        """The index record (what ingest wrote, and which collection is active) lives beside the index."""
+        if self.config.persist_directory is None:
+            return None
+        return self.config.persist_directory / RECORD_FILENAME
+
+    @property
+    def lock_path(self) -> Path | None:
+        if self.config.persist_directory is None:
+            return None
+        return self.config.persist_directory / LOCK_FILENAME
 
     @property
     def embedding_cache_path(self) -> Path | None:
@@ -162,6 +211,27 @@ class ChromaStore:
                 documents=[c.page_content for c in part],
                 metadatas=[_chroma_metadata(c.metadata) for c in part],
             )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for batch in _batches(list(ids), self.max_batch_size):
+            self.collection.delete(ids=list(batch))
+
+    def all_ids(self) -> set[str]:
+        """Every chunk id in the collection (read in pages, ids only)."""
+        found: set[str] = set()
+        page = int(self.client.get_max_batch_size())
+        offset = 0
+        while True:
+            ids = self.collection.get(include=[], limit=page, offset=offset)["ids"]
+            found.update(ids)
+            if len(ids) < page:
+                return found
+            offset += page
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a physical collection (a retired or half-built one); no error when it is gone."""
+        if self.exists_named(name):
+            self.client.delete_collection(name)
 
     def count(self) -> int:
         return self.collection.count()

@@ -72,3 +72,19 @@ def test_writes_are_batched_under_the_limit(small_corpus, tmp_path, tiny_bge_dir
     collection.upsert = spy
     pipe.ingest()
     assert calls == [2, 1]
+
+
+def test_embedding_cache_is_keyed_by_truncation_length_too(small_corpus, tmp_path, tiny_bge_dir):
+    """Vectors cut at 8 tokens are not the vectors cut at 128: an A/B of max_seq_length must re-embed."""
+    first = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    assert first.embedded == 3
+    short = _pipe(
+        small_corpus, tmp_path / "index", tiny_bge_dir,
+        **{"embeddings.max_seq_length": 8, "vectorstore.collection": "short"},
+    ).ingest()
+    assert short.embedded == 3  # nothing reused from the 128-token vectors
+    again = _pipe(
+        small_corpus, tmp_path / "index", tiny_bge_dir,
+        **{"embeddings.max_seq_length": 8, "vectorstore.collection": "short-again"},
+    ).ingest()
+    assert (again.added, again.embedded) == (3, 0)  # same settings: all from the cache

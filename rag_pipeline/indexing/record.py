@@ -1,0 +1,277 @@
+"""The index record: what ingest wrote into each Chroma collection, on SQLite beside the index.
+
+One file, ``<persist_directory>/index_record.sqlite`` (in memory for an in-memory index), holds:
+
+* ``collections`` — each physical Chroma collection, the logical name it serves
+  (``vectorstore.collection``) and its state: ``active`` (the one queries use), ``building``
+  (a ``reindex`` in progress) or ``retired`` (replaced, about to be dropped). A logical name with no
+  row is served by the collection of the same name, so indexes from before the record still open.
+  ``dirty`` is set before an ingest first writes to the collection and cleared when it finishes:
+  a dirty collection is one a crash left mid-way, and the next ingest reconciles it with Chroma.
+* ``files`` — per indexed file: size, mtime, sha256 of its bytes, the settings that shaped its
+  chunks, and when it was recorded. A file whose size and mtime match is skipped unread; one whose
+  stat changed but whose hash did not is skipped after hashing.
+* ``chunks`` — each chunk id with the file it came from, so a changed file's old chunks and a
+  deleted file's chunks can be removed by id.
+
+This is LangChain's record-manager design (a record per chunk keyed by content hash and source id)
+plus a per-file record that lets unchanged files be skipped without being parsed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+SCHEMA_VERSION = "1"
+RECORD_FILENAME = "index_record.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    logical TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'building', 'retired')),
+    dirty INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    collection TEXT NOT NULL,
+    source TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    chunks INTEGER NOT NULL,
+    recorded_ns INTEGER NOT NULL,
+    PRIMARY KEY (collection, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (collection, source);
+"""
+
+_PARAMETER_BATCH = 500  # stay under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One indexed file as the record knows it."""
+
+    source: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    settings: str
+    chunks: int
+    recorded_ns: int = 0
+
+
+def _batches(items: list, size: int = _PARAMETER_BATCH) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class IndexRecord:
+    """The record of one index folder. ``IndexRecord(None)`` keeps it in memory.
+
+    Every method that changes the record commits one SQLite transaction, so a kill leaves the
+    record either before or after that change, never half-way.
+    """
+
+    def __init__(self, path: str | Path | None, *, readonly: bool = False):
+        self.path = Path(path) if path is not None else None
+        self.readonly = readonly
+        if self.path is None:
+            self._connection = sqlite3.connect(":memory:", check_same_thread=False)
+        elif readonly:
+            self._connection = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=60, check_same_thread=False
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            # A rollback journal rather than WAL: the writes are few and short, and a reader (a
+            # query resolving the active collection, a dry run) then creates no -wal/-shm files.
+            self._connection.execute("PRAGMA journal_mode=DELETE")
+            self._connection.execute("PRAGMA synchronous=FULL")
+        if not readonly:
+            with self._connection:
+                self._connection.executescript(_SCHEMA)
+                self._connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+
+    @classmethod
+    def open_existing(cls, path: str | Path | None) -> "IndexRecord | None":
+        """The record at ``path`` opened read-only, or None when there is none yet (touches nothing)."""
+        if path is None or not Path(path).is_file():
+            return None
+        return cls(path, readonly=True)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "IndexRecord":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        try:
+            return self._connection.execute(sql, tuple(params)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if self.readonly and "no such table" in str(exc):
+                return []  # a record file created by an ingest that has not written its schema yet
+            raise
+
+    # -- collections -----------------------------------------------------------------------------
+    def active_collection(self, logical: str) -> str | None:
+        rows = self._query("SELECT name FROM collections WHERE logical = ? AND state = 'active'", (logical,))
+        return rows[0][0] if rows else None
+
+    def collections(self, logical: str) -> dict[str, str]:
+        """Physical name -> state, for every collection that serves or served ``logical``."""
+        return dict(self._query("SELECT name, state FROM collections WHERE logical = ?", (logical,)))
+
+    def known_collection_names(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT name FROM collections")}
+
+    def add_collection(self, name: str, logical: str, state: str) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT INTO collections (name, logical, state, dirty, created_at) VALUES (?, ?, ?, 0, ?) "
+                "ON CONFLICT (name) DO UPDATE SET logical = excluded.logical, state = excluded.state",
+                (name, logical, state, time.time()),
+            )
+
+    def switch(self, logical: str, new: str) -> list[str]:
+        """Make ``new`` the active collection of ``logical`` in one transaction; returns the retired."""
+        with self._connection:
+            retired = [
+                row[0]
+                for row in self._connection.execute(
+                    "SELECT name FROM collections WHERE logical = ? AND state = 'active' AND name != ?", (logical, new)
+                )
+            ]
+            self._connection.execute(
+                "UPDATE collections SET state = 'retired' WHERE logical = ? AND state = 'active' AND name != ?",
+                (logical, new),
+            )
+            self._connection.execute("UPDATE collections SET state = 'active' WHERE name = ?", (new,))
+        return retired
+
+    def forget_collection(self, name: str) -> None:
+        """Delete everything recorded for a physical collection (after Chroma dropped it)."""
+        with self._connection:
+            for table, column in (("chunks", "collection"), ("files", "collection"), ("collections", "name")):
+                self._connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+
+    def is_dirty(self, name: str) -> bool:
+        rows = self._query("SELECT dirty FROM collections WHERE name = ?", (name,))
+        return bool(rows and rows[0][0])
+
+    def set_dirty(self, name: str, dirty: bool) -> None:
+        with self._connection:
+            self._connection.execute("UPDATE collections SET dirty = ? WHERE name = ?", (int(dirty), name))
+
+    # -- files and chunks ------------------------------------------------------------------------
+    def files(self, collection: str) -> dict[str, FileRecord]:
+        rows = self._query(
+            "SELECT source, size, mtime_ns, sha256, settings, chunks, recorded_ns FROM files WHERE collection = ?",
+            (collection,),
+        )
+        return {row[0]: FileRecord(*row) for row in rows}
+
+    def chunk_ids(self, collection: str, sources: Iterable[str] | None = None) -> set[str]:
+        if sources is None:
+            return {row[0] for row in self._query("SELECT id FROM chunks WHERE collection = ?", (collection,))}
+        found: set[str] = set()
+        for part in _batches(list(sources)):
+            found.update(
+                row[0]
+                for row in self._query(
+                    f"SELECT id FROM chunks WHERE collection = ? AND source IN ({','.join('?' * len(part))})",
+                    (collection, *part),
+                )
+            )
+        return found
+
+    def chunk_count(self, collection: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,))
+        return rows[0][0] if rows else 0
+
+    def chunk_sources(self, collection: str, ids: Iterable[str]) -> set[str]:
+        """The sources that own any of ``ids``."""
+        found: set[str] = set()
+        for part in _batches(list(ids)):
+            found.update(
+                row[0]
+                for row in self._query(
+                    f"SELECT DISTINCT source FROM chunks WHERE collection = ? AND id IN ({','.join('?' * len(part))})",
+                    (collection, *part),
+                )
+            )
+        return found
+
+    def commit_files(
+        self, collection: str, files: list[FileRecord], chunk_ids: Mapping[str, list[str]], *, replace: bool
+    ) -> None:
+        """Record files and their chunk ids in one transaction.
+
+        ``replace`` drops each file's previously recorded chunks first (they are deleted from the
+        collection next); without it the old chunks stay recorded (``cleanup: none``).
+        """
+        now = time.time_ns()
+        with self._connection:
+            for file in files:
+                if replace:
+                    self._connection.execute(
+                        "DELETE FROM chunks WHERE collection = ? AND source = ?", (collection, file.source)
+                    )
+                self._connection.executemany(
+                    "INSERT OR REPLACE INTO chunks (collection, id, source) VALUES (?, ?, ?)",
+                    [(collection, identifier, file.source) for identifier in chunk_ids.get(file.source, [])],
+                )
+                self._connection.execute(
+                    "INSERT OR REPLACE INTO files (collection, source, size, mtime_ns, sha256, settings, chunks, "
+                    "recorded_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (collection, file.source, file.size, file.mtime_ns, file.sha256, file.settings, file.chunks, now),
+                )
+
+    def update_stats(self, collection: str, stats: Iterable[tuple[str, int, int]]) -> None:
+        """Files whose stat changed but whose bytes did not: remember their new ``(source, size, mtime_ns)``."""
+        now = time.time_ns()
+        with self._connection:
+            self._connection.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ?, recorded_ns = ? WHERE collection = ? AND source = ?",
+                [(size, mtime_ns, now, collection, source) for source, size, mtime_ns in stats],
+            )
+
+    def remove_sources(self, collection: str, sources: Iterable[str]) -> None:
+        sources = list(sources)
+        with self._connection:
+            for part in _batches(sources):
+                marks = ",".join("?" * len(part))
+                self._connection.execute(
+                    f"DELETE FROM chunks WHERE collection = ? AND source IN ({marks})", (collection, *part)
+                )
+                self._connection.execute(
+                    f"DELETE FROM files WHERE collection = ? AND source IN ({marks})", (collection, *part)
+                )
+
+    def snapshot(self, collection: str) -> dict:
+        """The record of one collection as plain data, without timestamps (for comparisons)."""
+        files = {
+            source: (r.size, r.mtime_ns, r.sha256, r.settings, r.chunks) for source, r in self.files(collection).items()
+        }
+        chunks = sorted(self._query("SELECT id, source FROM chunks WHERE collection = ?", (collection,)))
+        return {"files": files, "chunks": chunks}

@@ -1,0 +1,119 @@
+"""What an ingest did (``IngestReport``) and what one would do (``SyncPlan``, for ``--dry-run``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..loaders.base import FileError
+from .record import FileRecord
+
+
+@dataclass
+class IngestReport:
+    """What one ``ingest()`` (or ``index_chunks()``, ``reindex()``) did.
+
+    Files: ``files_added``/``files_updated`` were parsed and indexed, ``files_unchanged`` were skipped
+    unread, ``files_removed`` had their chunks deleted. Chunks: ``chunks`` is what the sources hold
+    now, of which ``added`` were written (``embedded`` through the model, the rest from the
+    embedding cache) and ``skipped`` were already indexed; ``deleted`` chunks were removed (old
+    versions of changed files, deleted files, leftovers of an interrupted run).
+    ``errors`` holds each unreadable source with its reason.
+    """
+
+    files_seen: int = 0
+    files_loaded: int = 0
+    files_added: int = 0
+    files_updated: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    documents: int = 0
+    chunks: int = 0
+    added: int = 0
+    skipped: int = 0  # already in the collection (same id): not embedded again
+    embedded: int = 0  # chunks that went through the model (the rest came from the embedding cache)
+    deleted: int = 0
+    truncated: int = 0  # chunks longer than the model's max_seq_length
+    errors: list[FileError] = field(default_factory=list)
+    collection: str = ""  # the physical Chroma collection written
+    recovered: bool = False  # the previous ingest was interrupted; this one reconciled the index
+    collection_count: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["errors"] = [{"source": e.source, "reason": e.reason} for e in self.errors]
+        return data
+
+    def summary(self) -> str:
+        files = (
+            f"{self.files_seen} files ({self.files_added} added, {self.files_updated} updated, "
+            f"{self.files_unchanged} unchanged, {self.files_removed} removed)"
+        )
+        text = (
+            f"{files}, {self.chunks} chunks: {self.added} added ({self.embedded} embedded, "
+            f"{self.added - self.embedded} from the embedding cache), {self.skipped} already indexed, "
+            f"{self.deleted} deleted; collection holds {self.collection_count} ({self.seconds:.1f}s)"
+        )
+        if self.recovered:
+            text += "; recovered from an interrupted ingest"
+        if self.errors:
+            text += f"; {len(self.errors)} error(s)"
+        return text
+
+
+@dataclass
+class FileChange:
+    """A file to parse and (re)index; ``previous`` is its record, None for a new file."""
+
+    path: Path
+    source: str
+    previous: FileRecord | None = None
+
+
+@dataclass
+class SyncPlan:
+    """What an ingest would do, by file, decided from the record and the files' stat and hash."""
+
+    collection: str
+    cleanup: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # gone from the sources: chunks deleted
+    kept: list[str] = field(default_factory=list)  # gone from the sources, chunks kept (cleanup incremental/none)
+    unchanged_chunks: int = 0
+    removed_chunks: int = 0
+    interrupted: bool = False  # the last ingest did not finish; the next one reconciles the index
+    todo: list[FileChange] = field(default_factory=list, repr=False)
+    restat: list[tuple[str, int, int]] = field(default_factory=list, repr=False)  # (source, size, mtime_ns)
+
+    @property
+    def files_seen(self) -> int:
+        return len(self.added) + len(self.updated) + len(self.unchanged)
+
+    def summary(self) -> str:
+        text = (
+            f"dry run on collection {self.collection!r} (cleanup: {self.cleanup}): would add {len(self.added)}, "
+            f"update {len(self.updated)} and remove {len(self.removed)} files ({self.removed_chunks} chunks); "
+            f"{len(self.unchanged)} unchanged"
+        )
+        if self.kept:
+            text += f"; {len(self.kept)} gone from the sources but kept (cleanup: {self.cleanup})"
+        if self.interrupted:
+            text += "; the last ingest was interrupted and will be reconciled"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "cleanup": self.cleanup,
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "kept": self.kept,
+            "unchanged": len(self.unchanged),
+            "removed_chunks": self.removed_chunks,
+            "interrupted": self.interrupted,
+        }

@@ -1,0 +1,389 @@
+"""Incremental, crash-safe ingest: decide per file what changed, then write it in an order that a
+kill at any instant cannot spoil.
+
+Deciding (``plan_sync``, also what ``ingest --dry-run`` prints): a file whose size and mtime match
+its record is unchanged and is not opened. One whose stat changed is hashed; same sha256, still
+unchanged (its new stat is remembered). A file whose record was made under other reader or chunker
+settings is re-chunked. Files in the record that the loader no longer finds are removed
+(``cleanup: full``) or kept.
+
+Writing (``Indexer``), per group of files, always in this order:
+
+1. parse and chunk the files;
+2. embed the chunks the collection lacks, through the on-disk embedding cache (committed before
+   the vectors go anywhere else), and upsert them into Chroma;
+3. commit the group's files and chunk ids to the record in one SQLite transaction;
+4. delete the old chunks of the group's changed files from Chroma.
+
+Deleted files leave the record first, then Chroma. Before its first write an ingest marks the
+collection dirty in the record, and clears the mark when it is done. So after a kill the record
+never lists a chunk Chroma lacks, and whatever Chroma holds that the record does not list (chunks
+upserted before the kill, old chunks not yet deleted) is removed by the next ingest, which sees the
+mark (or a chunk count that differs from the record's) and reconciles. Chunk ids are content-derived, so redoing any step writes the same ids, and the
+embedding cache means nothing already embedded is embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from langchain_core.documents import Document
+from tqdm.auto import tqdm
+
+from ..embeddings.cache import encode_with_cache
+from .faults import crash_point
+from .record import FileRecord, IndexRecord
+from .report import FileChange, IngestReport, SyncPlan
+
+logger = logging.getLogger(__name__)
+
+# Bump when a reader or chunker changes what chunks a file gives: every file is then re-chunked
+# (unchanged chunks keep their ids and are not embedded again).
+SETTINGS_VERSION = 1
+# Loader keys that choose which files are read, not what a file's chunks are.
+_FILE_SELECTION_KEYS = {"path", "include", "exclude", "max_file_size", "on_error", "show_progress"}
+# A file modified this close to when its record was written may have changed within the
+# filesystem's timestamp granularity without its mtime moving ("racy git"): it is hashed.
+RACY_WINDOW_NS = 2_000_000_000
+CLEANUP_MODES = ("full", "incremental", "none")
+
+
+def ingest_settings(loader_config: Any, chunker_config: Any) -> str:
+    """A short hash of every setting that shapes a file's chunks (reader options and chunker)."""
+    reader = {k: v for k, v in loader_config.model_dump(mode="json").items() if k not in _FILE_SELECTION_KEYS}
+    data = {"version": SETTINGS_VERSION, "reader": reader, "chunker": chunker_config.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hashable(st, max_file_size: int | None) -> bool:
+    """Only regular files within the size limit are read to hash (never a FIFO or a device)."""
+    return stat.S_ISREG(st.st_mode) and (max_file_size is None or st.st_size <= max_file_size)
+
+
+def plan_sync(
+    loader: Any, record: IndexRecord | None, collection: str, settings: str, cleanup: str
+) -> SyncPlan:
+    """What an ingest would do. Reads the record and the files' stat (and, where the stat changed,
+    their bytes to hash); writes nothing."""
+    plan = SyncPlan(collection=collection, cleanup=cleanup)
+    recorded = record.files(collection) if record is not None else {}
+    plan.interrupted = record is not None and record.is_dirty(collection)
+    max_file_size = getattr(loader.config, "max_file_size", None)
+    seen: set[str] = set()
+    for path in loader.discover():
+        source = loader.source_id(path)
+        seen.add(source)
+        previous = recorded.get(source)
+        if previous is None:
+            plan.added.append(source)
+            plan.todo.append(FileChange(path, source))
+            continue
+        if previous.settings == settings and _unchanged(path, previous, max_file_size, plan):
+            plan.unchanged.append(source)
+            plan.unchanged_chunks += previous.chunks
+            continue
+        plan.updated.append(source)
+        plan.todo.append(FileChange(path, source, previous))
+    # Never delete what could not be seen: files under a folder the loader could not list are kept.
+    unlisted = [e.source.rstrip("/") + "/" for e in getattr(loader, "unlisted", [])]
+    for source in sorted(set(recorded) - seen):
+        if cleanup == "full" and not any(source.startswith(folder) for folder in unlisted):
+            plan.removed.append(source)
+            plan.removed_chunks += recorded[source].chunks
+        else:
+            plan.kept.append(source)
+    return plan
+
+
+def _unchanged(path: Path, previous: FileRecord, max_file_size: int | None, plan: SyncPlan) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False  # gone or unreadable now: the loader reports why
+    same_stat = (st.st_size, st.st_mtime_ns) == (previous.size, previous.mtime_ns)
+    racy = st.st_mtime_ns >= previous.recorded_ns - RACY_WINDOW_NS
+    if same_stat and not racy:
+        return True
+    if st.st_size != previous.size or not _hashable(st, max_file_size):
+        return False
+    try:
+        if file_sha256(path) != previous.sha256:
+            return False
+    except OSError:
+        return False
+    plan.restat.append((previous.source, st.st_size, st.st_mtime_ns))
+    return True
+
+
+def write_chunks(
+    store: Any,
+    embeddings: Any,
+    cache: Callable[[], Any],
+    chunks: Sequence[Document],
+    report: IngestReport,
+    *,
+    before_write: Callable[[], None] = lambda: None,
+    show_progress: bool = False,
+) -> None:
+    """Embed (through the cache) and upsert the chunks the collection does not hold yet.
+
+    One write batch at a time: its vectors go into the embedding cache, then into Chroma. A kill
+    loses at most the batch being embedded.
+    """
+    unique = list({c.id: c for c in chunks}.values())  # the same chunk listed twice is one chunk
+    existing = store.existing_ids([c.id for c in unique]) if unique else set()
+    new = [c for c in unique if c.id not in existing]
+    report.skipped += len(unique) - len(new)
+    if not new:
+        return
+    report.truncated += count_truncated(embeddings, new)
+    # Longest first across the whole set, not only inside each write batch: the model pads every
+    # batch to its longest text, so batches of similar lengths waste the least compute (and a
+    # kill then still loses at most one batch).
+    new.sort(key=lambda chunk: len(chunk.page_content), reverse=True)
+    embedding_cache = cache()
+    before_write()
+    batch = store.max_batch_size
+    with tqdm(total=len(new), desc="Embedding", unit="chunk", disable=not show_progress) as bar:
+        for start in range(0, len(new), batch):
+            part = new[start : start + batch]
+            vectors, embedded = encode_with_cache(embeddings, [c.page_content for c in part], embedding_cache)
+            crash_point("embedding")
+            store.upsert(part, vectors)
+            crash_point("writing")
+            report.embedded += embedded
+            report.added += len(part)
+            bar.update(len(part))
+
+
+def count_truncated(embeddings: Any, chunks: Sequence[Document]) -> int:
+    limit = embeddings.max_seq_length
+    return sum(1 for n in embeddings.count_tokens([c.page_content for c in chunks]) if n > limit)
+
+
+def warn_truncated(report: IngestReport, limit: int) -> None:
+    if report.truncated:
+        logger.warning(
+            "%d of %d chunks are longer than the model's max_seq_length (%d tokens) and will be truncated; "
+            "use chunker.type: tokens (or a smaller chunk_size) so every word stays searchable",
+            report.truncated,
+            report.added,
+            limit,
+        )
+
+
+@dataclass
+class _Parsed:
+    change: FileChange
+    record: FileRecord
+    chunks: list[Document]
+
+
+class Indexer:
+    """Brings one physical collection and its record in step with the loader's files.
+
+    ``chunker`` and ``cache`` are callables so that an ingest with nothing to parse or embed never
+    builds them (the token chunker and the cache both load the model).
+
+        >>> Indexer(loader=pipe.loader, chunker=lambda: pipe.chunker, embeddings=pipe.embeddings,
+        ...         store=pipe.store, cache=lambda: pipe.embedding_cache, record=record,
+        ...         settings=ingest_settings(...), cleanup="full").sync()         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        loader: Any,
+        chunker: Callable[[], Any],
+        embeddings: Any,
+        store: Any,
+        cache: Callable[[], Any],
+        record: IndexRecord,
+        settings: str,
+        cleanup: str = "full",
+        show_progress: bool = False,
+    ):
+        if cleanup not in CLEANUP_MODES:
+            raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
+        self.loader = loader
+        self.chunker = chunker
+        self.embeddings = embeddings
+        self.store = store
+        self.cache = cache
+        self.record = record
+        self.settings = settings
+        self.cleanup = cleanup
+        self.show_progress = show_progress
+        self._writing = False
+
+    @property
+    def collection(self) -> str:
+        return self.store.collection_name
+
+    def sync(self) -> IngestReport:
+        report = IngestReport(collection=self.collection)
+        # An interrupted ingest left its mark; a collection changed behind the record's back (or
+        # removed) no longer holds as many chunks as the record lists. Either way: reconcile.
+        held = self.store.count() if self.store.exists() else 0
+        recorded = self.record.chunk_count(self.collection)
+        report.recovered = self._writing = self.record.is_dirty(self.collection) or held != recorded
+        if report.recovered:
+            logger.warning(
+                "reconciling collection %r with its record (the last ingest was interrupted, or the collection "
+                "holds %d chunks where the record lists %d)", self.collection, held, recorded,
+            )
+            self.record.set_dirty(self.collection, True)
+            self._forget_files_missing_from_collection()
+        plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup)
+        report.files_seen = plan.files_seen
+        report.files_unchanged = len(plan.unchanged)
+        report.chunks = report.skipped = plan.unchanged_chunks
+        for error in getattr(self.loader, "discovery_errors", []):
+            self.loader.report(error, report.errors)  # raises with loader.on_error: fail
+        if plan.restat:
+            self.record.update_stats(self.collection, plan.restat)
+        self._index_files(plan, report)
+        self._remove_files(plan, report)
+        if report.recovered and self.store.exists():
+            self._sweep(report)
+        if self._writing:
+            self.record.set_dirty(self.collection, False)
+        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
+        report.collection_count = self.store.count() if self.store.exists() else 0
+        return report
+
+    def _begin_writes(self) -> None:
+        if not self._writing:
+            self.record.set_dirty(self.collection, True)
+            self._writing = True
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _forget_files_missing_from_collection(self) -> None:
+        """After a crash: a file whose recorded chunks are not all in Chroma is indexed again."""
+        present = self.store.all_ids() if self.store.exists() else set()
+        missing = self.record.chunk_ids(self.collection) - present
+        if missing:
+            sources = self.record.chunk_sources(self.collection, missing)
+            logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources))
+            self.record.remove_sources(self.collection, sources)
+
+    def _index_files(self, plan: SyncPlan, report: IngestReport) -> None:
+        if not plan.todo:
+            return
+        group: list[_Parsed] = []
+        size = 0
+        limit = self.store.max_batch_size
+        for change in tqdm(plan.todo, desc="Indexing", unit="file", disable=not self.show_progress):
+            parsed = self._parse(change, report)
+            crash_point("loading")
+            if parsed is None:
+                continue
+            group.append(parsed)
+            size += len(parsed.chunks)
+            if size >= limit:
+                self._write(group, report)
+                group, size = [], 0
+        self._write(group, report)
+
+    def _parse(self, change: FileChange, report: IngestReport) -> _Parsed | None:
+        # stat, then hash, then parse: if the file changes in between, the recorded stat and hash
+        # are the older ones, so the next ingest sees the change and parses it again.
+        path = change.path
+        try:
+            st = path.stat()
+            digest = file_sha256(path) if _hashable(st, getattr(self.loader.config, "max_file_size", None)) else ""
+        except OSError:
+            st, digest = None, ""
+        loaded = self.loader.load([path], show_progress=False)
+        report.errors.extend(loaded.errors)
+        if not loaded.files_loaded or st is None:
+            return None  # unreadable: reported; a changed file keeps its old chunks until it reads
+        chunks = self.chunker().split_documents(loaded.documents)
+        report.files_loaded += 1
+        report.documents += len(loaded.documents)
+        if change.previous is None:
+            report.files_added += 1
+        else:
+            report.files_updated += 1
+        record = FileRecord(change.source, st.st_size, st.st_mtime_ns, digest, self.settings, len(chunks))
+        return _Parsed(change, record, chunks)
+
+    def _write(self, group: list[_Parsed], report: IngestReport) -> None:
+        if not group:
+            return
+        chunks = [c for parsed in group for c in parsed.chunks]
+        report.chunks += len(chunks)
+        write_chunks(self.store, self.embeddings, self.cache, chunks, report, before_write=self._begin_writes)
+        self._begin_writes()
+        replace = self.cleanup != "none"
+        changed = [p.change.source for p in group if p.change.previous is not None]
+        old = self.record.chunk_ids(self.collection, changed) if replace and changed else set()
+        self.record.commit_files(
+            self.collection,
+            [p.record for p in group],
+            {p.record.source: [c.id for c in p.chunks] for p in group},
+            replace=replace,
+        )
+        crash_point("recorded")
+        stale = old - {c.id for c in chunks}
+        if stale:
+            self.store.delete(sorted(stale))
+            report.deleted += len(stale)
+
+    def _remove_files(self, plan: SyncPlan, report: IngestReport) -> None:
+        if not plan.removed:
+            return
+        ids = self.record.chunk_ids(self.collection, plan.removed)
+        self._begin_writes()
+        self.record.remove_sources(self.collection, plan.removed)
+        crash_point("removing")
+        if ids:
+            self.store.delete(sorted(ids))
+        report.files_removed = len(plan.removed)
+        report.deleted += len(ids)
+
+    def _sweep(self, report: IngestReport) -> None:
+        """Delete what the collection holds and the record does not list: chunks upserted before a
+        kill and not recorded, old chunks not yet deleted, anything written around ingest."""
+        orphans = self.store.all_ids() - self.record.chunk_ids(self.collection)
+        if orphans:
+            self._begin_writes()
+            self.store.delete(sorted(orphans))
+            report.deleted += len(orphans)
+            logger.info("removed %d chunks the record does not list", len(orphans))
+
+
+# -- collections: reindex and the leftovers of an interrupted one -------------------------------------
+def collect_garbage(record: IndexRecord, store: Any, logical: str, keep: str | None) -> list[str]:
+    """Drop the collections an interrupted reindex left: half-built ones and retired ones."""
+    dropped = []
+    for name, state in record.collections(logical).items():
+        if name != keep and state in ("building", "retired"):
+            store.drop_collection(name)
+            record.forget_collection(name)
+            dropped.append(name)
+    if dropped:
+        logger.warning("dropped collections left by an interrupted reindex: %s", ", ".join(dropped))
+    return dropped
+
+
+def next_collection_name(logical: str, taken: set[str]) -> str:
+    """``<logical>.v2``, ``.v3``, ...: the first name neither Chroma nor the record uses."""
+    generation = 2
+    while f"{logical[:500]}.v{generation}" in taken:
+        generation += 1
+    return f"{logical[:500]}.v{generation}"

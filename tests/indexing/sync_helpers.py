@@ -1,0 +1,99 @@
+"""Shared by the indexing tests: small corpora with old mtimes, and snapshots of an index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import pipeline_config
+from rag_pipeline import Pipeline
+from rag_pipeline.indexing import IndexRecord
+
+TOPICS = ["bees", "tides", "kites", "glaciers", "volcanoes", "lighthouses", "otters", "comets"]
+
+
+def text_about(topic: str, version: int = 1, sentences: int = 12) -> str:
+    """A few hundred characters on one topic; another ``version`` changes every sentence."""
+    return " ".join(
+        f"Fact {i} (edition {version}) about {topic}: {topic} are studied by people who like {topic}."
+        for i in range(sentences)
+    ) + "\n"
+
+
+def write_files(root: Path, files: dict[str, str], age_seconds: float = 3600) -> None:
+    """Write files and date them in the past, as files are that were not just edited."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.time() - age_seconds
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        os.utime(path, (stamp, stamp))
+
+
+def corpus_v1() -> dict[str, str]:
+    return {f"{topic}.txt": text_about(topic) for topic in TOPICS[:6]}
+
+
+def mutate_to_v2(root: Path) -> None:
+    """Two files changed, one deleted, two added."""
+    write_files(root, {"bees.txt": text_about("bees", 2), "tides.txt": text_about("tides", 2, sentences=6)})
+    (root / "kites.txt").unlink()
+    write_files(root, {"otters.txt": text_about("otters"), "deep/comets.txt": text_about("comets")})
+
+
+def config_for(corpus: Path, index: Path, model: Path, **ingest) -> dict:
+    config = pipeline_config(corpus, index, str(model))
+    config["chunker"] = {"type": "recursive", "chunk_size": 300, "chunk_overlap": 0}
+    config["vectorstore"]["write_batch_size"] = 4
+    if ingest:
+        config["ingest"] = ingest
+    return config
+
+
+def write_config(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli_command(config_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "rag_pipeline.cli", *args, str(config_path), "-q"]
+
+
+def snapshot(config: dict) -> dict:
+    """Everything that must be identical after a crash and a re-run as after one clean run."""
+    pipe = Pipeline.from_config(config)
+    store = pipe.store
+    name = store.collection_name
+    data = store.client.get_collection(name).get(include=["metadatas"])
+    ids = data["ids"]
+    positions = [(m["doc_id"], m["chunk_index"]) for m in data["metadatas"]]
+    with IndexRecord(store.record_path, readonly=True) as record:
+        recorded = record.snapshot(name)
+        collections = {n: s for n, s in record.collections(store.config.collection).items()}
+        dirty = record.is_dirty(name)
+    return {
+        "ids": sorted(ids),
+        "duplicate_ids": len(ids) - len(set(ids)),
+        "duplicate_positions": len(positions) - len(set(positions)),
+        "record": recorded,
+        "collections": collections,
+        "chroma_collections": sorted(store.collection_names()),
+        "dirty": dirty,
+    }
+
+
+def wait_for_file(path: Path, child: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a paused child (``RAG_PIPELINE_FAULT=...=wait:FILE``) has created ``path``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"the child ended before pausing: {child.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("the child never reached its pause point")
+        time.sleep(0.05)
