@@ -107,3 +107,17 @@ def test_relative_model_folders_resolve_against_the_config_folder(tmp_path):
     assert config.reranker.model == str(tmp_path.resolve().parent / "rerankers" / "bge-reranker-base")
     # hub ids and packaged models are left as they are
     assert load_config({"loader": {"path": "."}, "embeddings": {"model": "BAAI/bge-m3"}}, base_dir=tmp_path).embeddings.model == "BAAI/bge-m3"
+
+
+
+def test_k_above_fetch_k_is_allowed_and_fetch_k_follows(tmp_path, small_corpus, tiny_bge_dir, tiny_reranker_dir):
+    from rag_pipeline import Pipeline
+
+    config = load_config(_base(tmp_path), {"retriever.k": 30, "retriever.fetch_k": 5}, base_dir=tmp_path)
+    assert (config.retriever.k, config.retriever.fetch_k) == (30, 5)
+    pipe = Pipeline.from_config(
+        {"loader": {"path": str(small_corpus)}, "embeddings": {"model": str(tiny_bge_dir)},
+         "reranker": {"model": str(tiny_reranker_dir)}, "retriever": {"k": 30, "fetch_k": 5}},
+        base_dir=tmp_path,
+    )
+    assert pipe.as_retriever().base_retriever.k == 30

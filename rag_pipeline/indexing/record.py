@@ -194,16 +194,7 @@ class IndexRecord:
     def chunk_ids(self, collection: str, sources: Iterable[str] | None = None) -> set[str]:
         if sources is None:
             return {row[0] for row in self._query("SELECT id FROM chunks WHERE collection = ?", (collection,))}
-        found: set[str] = set()
-        for part in _batches(list(sources)):
-            found.update(
-                row[0]
-                for row in self._query(
-                    f"SELECT id FROM chunks WHERE collection = ? AND source IN ({','.join('?' * len(part))})",
-                    (collection, *part),
-                )
-            )
-        return found
+        return self._select_in("SELECT id FROM chunks WHERE collection = ? AND source IN ({marks})", collection, sources)
 
     def chunk_count(self, collection: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,))
@@ -211,15 +202,14 @@ class IndexRecord:
 
     def chunk_sources(self, collection: str, ids: Iterable[str]) -> set[str]:
         """The sources that own any of ``ids``."""
+        return self._select_in("SELECT DISTINCT source FROM chunks WHERE collection = ? AND id IN ({marks})", collection, ids)
+
+    def _select_in(self, sql: str, collection: str, values: Iterable[str]) -> set[str]:
+        """First column of ``sql`` over ``values``, in batches under SQLite's parameter limit."""
         found: set[str] = set()
-        for part in _batches(list(ids)):
-            found.update(
-                row[0]
-                for row in self._query(
-                    f"SELECT DISTINCT source FROM chunks WHERE collection = ? AND id IN ({','.join('?' * len(part))})",
-                    (collection, *part),
-                )
-            )
+        for part in _batches(list(values)):
+            rows = self._query(sql.format(marks=",".join("?" * len(part))), (collection, *part))
+            found.update(row[0] for row in rows)
         return found
 
     def commit_files(

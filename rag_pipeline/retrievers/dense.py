@@ -7,7 +7,7 @@ from typing import Any, Literal
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from ..config import StageConfig
 from ..registry import register
@@ -29,18 +29,14 @@ def build_dense_retriever(config: "DenseRetrieverConfig", store, reranker=None, 
 
 @register("retriever", "dense", build_dense_retriever)
 class DenseRetrieverConfig(StageConfig):
-    """``k`` results; with a reranker, ``fetch_k`` candidates are reranked down to ``k``."""
+    """``k`` results; with a reranker, ``fetch_k`` candidates are reranked down to ``k``.
+
+    A ``fetch_k`` below ``k`` is raised to ``k`` (so ``--set retriever.k=50`` just works)."""
 
     type: Literal["dense"] = "dense"
     k: int = Field(5, gt=0)
     fetch_k: int = Field(20, gt=0)
     filter: dict[str, Any] | None = Field(None, description="Chroma metadata filter, e.g. {file_type: pdf}.")
-
-    @model_validator(mode="after")
-    def _fetch_at_least_k(self):
-        if self.fetch_k < self.k:
-            raise ValueError(f"fetch_k ({self.fetch_k}) must be at least k ({self.k})")
-        return self
 
 
 class DenseRetriever(BaseRetriever):
