@@ -69,8 +69,9 @@ def bf16_note(fp32: dict, bf16: dict) -> str:
     na, nb = (100 * r["metrics"]["first_stage"]["ndcg@10"] for r in (fp32, bf16))
     return (
         f"`embeddings.dtype: bfloat16` embeds the corpus in {b:.0f} s instead of {a:.0f} s ({a / b:.1f}x faster) "
-        f"with nDCG@10 {nb:.2f} instead of {na:.2f} ({nb - na:+.2f}). The embedding cache and the collection "
-        "fingerprint do not record the dtype (nor max_seq_length), so compare dtypes in separate index folders."
+        f"with nDCG@10 {nb:.2f} instead of {na:.2f} ({nb - na:+.2f}). The embedding cache is keyed by dtype and "
+        "max_seq_length as well as the model (the collection fingerprint is not, so an index built in fp16 on a GPU "
+        "still serves queries on a CPU): a bf16 run never reuses fp32 vectors. This run used its own index folder."
     )
 
 
