@@ -18,7 +18,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path

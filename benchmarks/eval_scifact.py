@@ -153,7 +153,7 @@ def main() -> None:
         "",
         bf16_note(runs["cold"][0], runs["cold bf16"][0]),
         "",
-        f"Versions: " + ", ".join(f"{k} {v}" for k, v in cold["versions"].items() if k != "machine" and v)
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in cold["versions"].items() if k != "machine" and v)
         + f"; {cold['versions']['machine']['platform']}, {cold['versions']['machine']['cpu_count']} CPUs, "
         f"torch threads {cold['versions']['machine']['torch_threads']}.",
         "",

@@ -11,7 +11,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..config import StageConfig
 from ..errors import ConfigError
 from ..registry import register
 from .base import Chunker, _start_indices

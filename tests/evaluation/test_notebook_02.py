@@ -1,9 +1,7 @@
 """notebooks/02_evaluation.ipynb runs headless, start to finish, and draws both plots."""
 
-from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from eval_helpers import REPO, requires_scifact

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -97,3 +99,20 @@ def wait_for_file(path: Path, child: subprocess.Popen, timeout: float = 120) -> 
         if time.monotonic() > deadline:
             raise AssertionError("the child never reached its pause point")
         time.sleep(0.05)
+
+
+@contextmanager
+def paused_at_first_write(config_path: Path, command: str, release: Path) -> Iterator[subprocess.Popen]:
+    """A real ``rag-pipeline <command>`` process, held at its first write (chunks upserted, record
+    not yet updated) until the block ends; then released and waited for."""
+    child = subprocess.Popen(
+        cli_command(config_path, command),
+        env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_file(Path(f"{release}.waiting"), child)
+        yield child
+    finally:
+        release.touch()
+        child.wait(timeout=120)

@@ -7,20 +7,16 @@ chunks upserted, the record not yet updated) while the test acts on the index fr
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sync_helpers import (
-    cli_command,
     config_for,
     corpus_v1,
     mutate_to_v2,
+    paused_at_first_write,
     snapshot,
-    wait_for_file,
     write_config,
     write_files,
 )
@@ -38,17 +34,8 @@ def paused_ingest(tmp_path, tiny_bge_dir):
     Pipeline.from_config(config).ingest()
     mutate_to_v2(corpus)
     release = tmp_path / "release"
-    child = subprocess.Popen(
-        cli_command(write_config(config, tmp_path / "config.yaml"), "ingest"),
-        env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_file(Path(f"{release}.waiting"), child)
+    with paused_at_first_write(write_config(config, tmp_path / "config.yaml"), "ingest", release) as child:
         yield config, child, release
-    finally:
-        release.touch()
-        child.wait(timeout=120)
 
 
 def test_a_second_ingest_fails_with_a_clear_message_and_queries_keep_answering(paused_ingest, tmp_path, capsys):

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
-from sync_helpers import cli_command, config_for, corpus_v1, wait_for_file, write_config, write_files
+from sync_helpers import cli_command, config_for, corpus_v1, paused_at_first_write, write_config, write_files
 
 from rag_pipeline import IndexMismatchError, Pipeline
 from rag_pipeline.cli import main
@@ -57,22 +56,13 @@ def test_model_change_is_refused_until_reindex_switches_to_a_complete_new_collec
 def test_the_old_collection_serves_until_the_new_one_is_complete(indexed, tmp_path):
     old, new, count = indexed
     release = tmp_path / "release"
-    child = subprocess.Popen(
-        cli_command(write_config(new, tmp_path / "new.yaml"), "reindex"),
-        env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_file(Path(f"{release}.waiting"), child)
+    with paused_at_first_write(write_config(new, tmp_path / "new.yaml"), "reindex", release) as child:
         # Half-built: the old collection is still the one served, and answers.
         assert _state(old) == ({"test": "active", "test.v2": "building"}, {"test", "test.v2"})
         assert len(Pipeline.from_config(old).query("tides", k=3)) == 3
         with pytest.raises(IndexMismatchError):
             Pipeline.from_config(new).query("tides")
-    finally:
-        release.touch()
-        returncode = child.wait(timeout=120)
-    assert returncode == 0, child.stderr.read()
+    assert child.returncode == 0, child.stderr.read()
     assert _state(new) == ({"test.v2": "active"}, {"test.v2"})
     assert len(Pipeline.from_config(new).query("tides", k=3)) == 3
 
