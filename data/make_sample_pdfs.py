@@ -11,7 +11,7 @@ extracts cleanly with pypdf.
 Usage (from the repository root):
 
     .venv/bin/pip install fpdf2      # once
-    .venv/bin/python scripts/make_sample_pdfs.py
+    .venv/bin/python data/make_sample_pdfs.py
 
 The script checks that every page fits on one sheet and that pypdf (if
 installed) can extract the text of each page.
@@ -209,7 +209,7 @@ def build_pdf(path: Path, title: str, pages: list[tuple[str, list[str]]]) -> Non
     pdf.set_title(title)
     pdf.set_author("rag-pipeline team")
     pdf.set_subject("Sample corpus for rag-pipeline tests and quickstart")
-    pdf.set_creator("scripts/make_sample_pdfs.py")
+    pdf.set_creator("data/make_sample_pdfs.py")
     pdf.set_creation_date(datetime.fromisoformat(FIXED_DATE))
     pdf.set_margins(20, 20, 20)
     # Each page must fit on one sheet; we check that below instead of
