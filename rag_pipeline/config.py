@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .registry import lookup
 
 # Default ``type:`` of each section when the config leaves it out.
@@ -134,7 +134,7 @@ def load_config(
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: not valid YAML: {first_line(exc, limit=None)}") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):

@@ -29,3 +29,12 @@ class LoaderError(RagPipelineError):
 
 class IndexBusyError(RagPipelineError):
     """Another ingest or reindex holds the index's write lock."""
+
+
+def first_line(exc: BaseException, limit: int | None = 160) -> str:
+    """An exception's first line, cut to ``limit``, or its type name when it has no message.
+
+    Library errors (transformers, pypdf, httpx, PyYAML) often span many lines; our messages are one.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -121,3 +121,11 @@ def test_k_above_fetch_k_is_allowed_and_fetch_k_follows(tmp_path, small_corpus, 
         base_dir=tmp_path,
     )
     assert pipe.as_retriever().base_retriever.k == 30
+
+
+def test_first_line_keeps_error_messages_to_one_line():
+    from rag_pipeline.errors import first_line
+
+    assert first_line(OSError("cannot open\nTraceback details\n...")) == "cannot open"
+    assert first_line(ValueError("x" * 500), limit=200) == "x" * 200
+    assert first_line(RecursionError()) == "RecursionError"  # no message: the type says what happened

@@ -16,7 +16,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import Field
 
 from ..config import ConfigPath, ModelReference, StageConfig
-from ..errors import ModelNotAvailableError
+from ..errors import ModelNotAvailableError, first_line
 from ..registry import register
 from .devices import DType, resolve_device, resolve_dtype
 from .models import ResolvedModel, default_query_instruction, remedy_for, resolve_model
@@ -99,7 +99,7 @@ class BgeEmbeddings(Embeddings):
             )
         except OSError as exc:
             raise ModelNotAvailableError(
-                f"embeddings.model: cannot load {self.config.model!r} ({str(exc).splitlines()[0][:200]}); "
+                f"embeddings.model: cannot load {self.config.model!r} ({first_line(exc, limit=200)}); "
                 + remedy_for(resolved.model_id)
             ) from None
         if self.config.max_seq_length is not None:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ModelNotAvailableError
+from ..errors import ConfigError, ModelNotAvailableError, first_line
 
 BGE_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
@@ -141,8 +141,7 @@ def _probe_hub(reference: str, what: str, timeout: float = 5.0) -> None:
     try:
         model_info(reference, timeout=timeout)
     except Exception as exc:  # network errors come in many types (httpx, requests, OSError)
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelNotAvailableError(
             f"{what}: {reference!r} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"({reason}); " + remedy_for(reference)
+            f"({first_line(exc)}); " + remedy_for(reference)
         ) from None

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import first_line
+
 
 class UnreadableFile(Exception):
     """The file as a whole cannot be read; ``str(exc)`` is the reason shown to the user."""
@@ -140,8 +142,8 @@ def _decrypts_without_password(reader) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:160] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """The exception's type and first line: pypdf's messages alone rarely say what broke."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _scalar(value: Any) -> Any:

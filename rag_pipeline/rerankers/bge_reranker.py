@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from ..config import ModelReference, StageConfig
 from ..embeddings.devices import DType, resolve_device, resolve_dtype
 from ..embeddings.models import remedy_for, resolve_model
-from ..errors import ModelNotAvailableError
+from ..errors import ModelNotAvailableError, first_line
 from ..registry import register
 
 
@@ -80,7 +80,7 @@ class BgeReranker(BaseDocumentCompressor):
             )
         except OSError as exc:
             raise ModelNotAvailableError(
-                f"reranker.model: cannot load {self.model!r} ({str(exc).splitlines()[0][:200]}); "
+                f"reranker.model: cannot load {self.model!r} ({first_line(exc, limit=200)}); "
                 + remedy_for(resolved.model_id)
             ) from None
 
