@@ -13,12 +13,18 @@ from .config import load_config, parse_override
 from .errors import RagPipelineError
 
 
+def _debug_flag(parser: argparse.ArgumentParser) -> None:
+    # Accepted after the subcommand too. SUPPRESS: a subcommand that does not see the flag must not
+    # reset what the top-level parser already set.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag-pipeline",
         description="Load, chunk, embed (BGE), store (Chroma) and rerank: a LangChain retriever from a YAML config.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value by dotted key, e.g. --set retriever.k=3 (repeatable)",
         )
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        _debug_flag(sub)
         return sub
 
     ingest = with_config(commands.add_parser("ingest", help="bring the index in step with the configured sources"))
@@ -57,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     config = commands.add_parser("config", help="validate or show a config")
+    _debug_flag(config)
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     with_config(config_commands.add_parser("validate", help="check a config without loading any model"))
     with_config(config_commands.add_parser("show", help="print the resolved config as YAML"))
@@ -115,7 +123,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    documents = _pipeline(args).query(args.text, k=args.k)
+    documents = _pipeline(args).as_retriever(k=args.k, k_name="--k").invoke(args.text)
     if args.json:
         payload = [{"id": d.id, "content": d.page_content, "metadata": d.metadata} for d in documents]
         print(json.dumps(payload, ensure_ascii=False, indent=2))
@@ -130,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not queries:
         raise RagPipelineError("sample_queries: the config lists no sample queries for `run`")
     _print_ingest(pipe.ingest())
-    retriever = pipe.as_retriever(k=args.k)
+    retriever = pipe.as_retriever(k=args.k, k_name="--k")
     for query, documents in zip(queries, retriever.batch(queries)):
         _print_results(query, documents)
     return 0

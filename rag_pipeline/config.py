@@ -10,56 +10,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model
 
+from . import catalog  # noqa: F401  (registers the built-in stage types before any lookup)
 from .errors import ConfigError, first_line
-from .registry import lookup
+from .registry import KINDS, STAGE_KINDS, lookup
+from .stage_config import ConfigPath, StageConfig
 
-# Default ``type:`` of each section when the config leaves it out.
-DEFAULT_TYPES = {
-    "loader": "directory",
-    "chunker": "recursive",
-    "embeddings": "bge",
-    "vectorstore": "chroma",
-    "retriever": "dense",
-    "reranker": "bge-reranker",
-}
-REQUIRED_SECTIONS = ("loader", "embeddings")
-
-
-def _resolve_against_base_dir(value: Path | None, info: ValidationInfo) -> Path | None:
-    if value is None:
-        return None
-    value = value.expanduser()
-    base_dir = (info.context or {}).get("base_dir")
-    if not value.is_absolute() and base_dir is not None:
-        value = Path(base_dir) / value
-    return Path(value).resolve() if base_dir is not None else value
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve_against_base_dir)]
-"""A path field that resolves relative to the config file's folder."""
-
-
-def _resolve_relative_model_folder(value: str, info: ValidationInfo) -> str:
-    base_dir = (info.context or {}).get("base_dir")
-    if base_dir is not None and value.startswith(("./", "../")):
-        return str((Path(base_dir) / value).resolve())
-    return value
-
-
-ModelReference = Annotated[str, AfterValidator(_resolve_relative_model_folder)]
-"""A model: hub id, ``package:<name>``, or a folder; ``./`` and ``../`` folders resolve like paths."""
-
-
-class StageConfig(BaseModel):
-    """Base of every stage config: strict about unknown keys, carries the ``type:`` name."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
-    type: str
+REQUIRED_SECTIONS = tuple(kind.name for kind in STAGE_KINDS if kind.required)
 
 
 class IngestConfig(BaseModel):
@@ -82,20 +43,23 @@ class IngestConfig(BaseModel):
     lock_timeout: float = Field(
         60.0, ge=0, description="Seconds a second ingest on the same index waits for the first before giving up."
     )
+    state_directory: ConfigPath | None = Field(
+        None,
+        description="Where the index record, write lock and embedding cache live; default: the persistent "
+        "index's folder (required for an index with no folder on this machine).",
+    )
 
 
-class PipelineConfig(BaseModel):
-    """The whole validated pipeline config. Build it with :func:`load_config`."""
+class _PipelineConfigBase(BaseModel):
+    """The whole validated pipeline config. Build it with :func:`load_config`.
+
+    One field per stage kind (``registry.STAGE_KINDS``), each holding the config model its
+    ``type:`` names, plus the settings below.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = "rag-pipeline"
-    loader: SerializeAsAny[StageConfig]
-    chunker: SerializeAsAny[StageConfig]
-    embeddings: SerializeAsAny[StageConfig]
-    vectorstore: SerializeAsAny[StageConfig]
-    reranker: SerializeAsAny[StageConfig] | None = None
-    retriever: SerializeAsAny[StageConfig]
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sample_queries: list[str] | ConfigPath | None = Field(
         default=None,
@@ -103,12 +67,26 @@ class PipelineConfig(BaseModel):
     )
     base_dir: Path | None = Field(default=None, exclude=True)
 
+    def stage_config(self, kind: str) -> StageConfig | None:
+        return getattr(self, kind)
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (paths as strings), suitable for YAML or JSON."""
         return self.model_dump(mode="json", exclude_none=False)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=_PipelineConfigBase,
+    __module__=__name__,
+    **{
+        kind.name: (SerializeAsAny[StageConfig] | None, None) if kind.optional else (SerializeAsAny[StageConfig], ...)
+        for kind in STAGE_KINDS
+    },
+)
 
 
 TOP_LEVEL_KEYS = tuple(k for k in PipelineConfig.model_fields if k != "base_dir")
@@ -142,7 +120,16 @@ def load_config(
         base = Path(base_dir) if base_dir is not None else path.resolve().parent
     for dotted, value in (overrides or {}).items():
         apply_override(raw, dotted, value)
+    _latest_result_count_wins(raw, overrides or {})
     return validate_config(raw, base.resolve())
+
+
+def _latest_result_count_wins(raw: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """``reranker.top_n`` in a file takes precedence over ``retriever.k`` (it is the reranker's own
+    cut). An override of ``retriever.k`` is the user's later word, so it clears that ``top_n``."""
+    reranker = raw.get("reranker")
+    if "retriever.k" in overrides and "reranker.top_n" not in overrides and isinstance(reranker, dict):
+        reranker.pop("top_n", None)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -186,23 +173,23 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
             raise ConfigError(f"{section}: missing section (required: {', '.join(REQUIRED_SECTIONS)})")
     context = {"base_dir": base_dir}
     sections: dict[str, Any] = {}
-    for section, default_type in DEFAULT_TYPES.items():
+    for kind in STAGE_KINDS:
+        section = kind.name
         data = raw.get(section)
         if data is None:
-            # reranker is optional; every other section has usable defaults.
-            if section == "reranker":
+            if kind.optional:
                 continue
-            data = {}
+            data = {}  # every other section has usable defaults
         if not isinstance(data, Mapping):
             raise ConfigError(f"{section}: must be a mapping of settings, got {type(data).__name__}")
         data = dict(data)
-        data.setdefault("type", default_type)
+        data.setdefault("type", kind.default_type)
         registration = lookup(section, str(data["type"]))
         try:
             sections[section] = registration.config_model.model_validate(data, context=context)
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config_model)) from None
-    rest = {k: v for k, v in raw.items() if k not in DEFAULT_TYPES}
+    rest = {k: v for k, v in raw.items() if k not in KINDS}
     try:
         return PipelineConfig.model_validate({**rest, **sections, "base_dir": base_dir}, context=context)
     except ValidationError as exc:

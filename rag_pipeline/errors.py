@@ -27,6 +27,14 @@ class LoaderError(RagPipelineError):
     """A source file could not be read and ``on_error: fail`` is set."""
 
 
+class QueryError(RagPipelineError):
+    """A query that cannot be answered as given (empty text)."""
+
+
+class IndexNotFoundError(RagPipelineError):
+    """A query or evaluation found no index where the config points; nothing was created."""
+
+
 class IndexBusyError(RagPipelineError):
     """Another ingest or reindex holds the index's write lock."""
 

@@ -1,25 +1,30 @@
-"""Composition only: a validated config in, stages built through the registry, a retriever out."""
+"""Composition only: a validated config in, stages built through the registry, a retriever out.
+
+Which stages exist and what each builder receives come from ``registry.STAGE_KINDS``; index state
+(record, lock, embedding cache, collection generations) is :mod:`rag_pipeline.indexing`'s; the
+retrieval path is :mod:`rag_pipeline.retrieval`'s. This module wires them together.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from .config import PipelineConfig, load_config
-from .embeddings.cache import EmbeddingCache
-from .errors import ConfigError
-from .indexing.lock import index_lock
+from .errors import ConfigError, IndexNotFoundError
+from .indexing.cache import EmbeddingCache
+from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
 from .indexing.report import IngestReport, SyncPlan
-from .indexing.sync import Indexer, collect_garbage, ingest_settings, next_collection_name, plan_sync, warn_truncated, write_chunks
-from .registry import lookup
+from .indexing.state import IndexState
+from .indexing.sync import Indexer, ingest_settings, plan_sync, warn_truncated, write_chunks
+from .registry import KINDS, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ class Pipeline:
     def __init__(self, config: PipelineConfig):
         self.config = config
         self._stages: dict[str, Any] = {}
+        self._state: IndexState | None = None
+        self._embedding_cache: EmbeddingCache | None | bool = False  # False: not opened yet
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -56,29 +63,43 @@ class Pipeline:
             return cls(config)
         return cls(load_config(config, overrides, base_dir))
 
-    def _stage(self, kind: str, *dependencies: Any) -> Any:
+    def stage(self, kind: str) -> Any:
+        """The built stage of a kind (None for an optional kind the config leaves out), built once
+        with the stages it needs (``registry.STAGE_KINDS``)."""
         if kind not in self._stages:
-            stage_config = getattr(self.config, kind)
-            self._stages[kind] = lookup(kind, stage_config.type).builder(stage_config, *dependencies)
+            stage_config = self.config.stage_config(kind)
+            if stage_config is None:
+                self._stages[kind] = None
+            else:
+                needed = [self.stage(name) for name in KINDS[kind].needs]
+                self._stages[kind] = lookup(kind, stage_config.type).builder(stage_config, *needed)
+                if kind == "vectorstore":
+                    self._serve_active_collection(self._stages[kind])
         return self._stages[kind]
+
+    def _serve_active_collection(self, store: Any) -> None:
+        logical = store.config.collection
+        store.resolve_collection = lambda: self.state.active_collection(logical)
+        store.use_collection(store.resolve_collection())
 
     # -- stages ------------------------------------------------------------------------------------
     @property
     def loader(self):
-        return self._stage("loader")
+        return self.stage("loader")
 
     @property
     def embeddings(self):
         """The LangChain ``Embeddings`` in use (query instruction on queries only)."""
-        return self._stage("embeddings")
+        return self.stage("embeddings")
 
     @property
     def chunker(self):
-        return self._stage("chunker", self.embeddings)
+        return self.stage("chunker")
 
     @property
     def store(self):
-        return self._stage("vectorstore", self.embeddings)
+        """The vector index (``vectorstore:`` section)."""
+        return self.stage("vectorstore")
 
     @property
     def vectorstore(self):
@@ -86,17 +107,25 @@ class Pipeline:
         return self.store.vectorstore
 
     @property
-    def embedding_cache(self) -> EmbeddingCache | None:
-        if "embedding_cache" not in self._stages:
-            path = self.store.embedding_cache_path if self.embeddings.config.embedding_cache else None
-            self._stages["embedding_cache"] = (
-                EmbeddingCache(path, self.embeddings.cache_identity()) if path is not None else None
-            )
-        return self._stages["embedding_cache"]
+    def reranker(self):
+        return self.stage("reranker")
 
     @property
-    def reranker(self):
-        return None if self.config.reranker is None else self._stage("reranker")
+    def state(self) -> IndexState:
+        """Record, lock and embedding cache: in ``ingest.state_directory``, else beside the index."""
+        if self._state is None:
+            directory = self.config.ingest.state_directory
+            if directory is None:
+                directory = self.stage("vectorstore").local_directory
+            self._state = IndexState(directory)
+        return self._state
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache | None:
+        if self._embedding_cache is False:
+            enabled = getattr(self.embeddings.config, "embedding_cache", True)
+            self._embedding_cache = self.state.embedding_cache(self.embeddings.cache_identity()) if enabled else None
+        return self._embedding_cache
 
     # -- work --------------------------------------------------------------------------------------
     def ingest(self, show_progress: bool | None = None) -> IngestReport:
@@ -108,14 +137,8 @@ class Pipeline:
         """
         started = time.perf_counter()
         store = self.store
-        with index_lock(store.lock_path, self.config.ingest.lock_timeout), self._index_record() as record:
-            logical = store.config.collection
-            active = record.active_collection(logical) or logical
-            if active != store.collection_name:  # another process reindexed since we opened it
-                store.use_collection(active)
-            if active not in record.collections(logical):  # an index from before the record, or a new one
-                record.add_collection(active, logical, "active")
-            collect_garbage(record, store, logical, keep=active)
+        with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record:
+            prepare_ingest(record, store, store.config.collection)
             report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
         report.seconds = time.perf_counter() - started
         return report
@@ -123,15 +146,18 @@ class Pipeline:
     def plan(self) -> SyncPlan:
         """What ``ingest()`` would add, update and remove, by file (``ingest --dry-run``).
 
-        Reads the record and the files' stat (hashing files whose stat changed); writes nothing,
-        creates nothing, loads no model.
+        Reads the record and the files' stat (hashing files whose stat changed) and checks that the
+        index was built with this embedding setup, as ``ingest`` would; writes nothing, creates
+        nothing, loads no model.
         """
         store = self.store
-        record = IndexRecord.open_existing(store.record_path) if store.record_path else self._stages.get("record")
+        if store.index_exists() and store.exists():
+            store.check()  # a model or distance change is refused here as the real ingest would
+        record = self.state.read_record()
         try:
             return plan_sync(self.loader, record, store.collection_name, self._settings(), self.config.ingest.cleanup)
         finally:
-            if record is not None and store.record_path is not None:
+            if record is not None and self.state.record_path is not None:
                 record.close()
 
     def reindex(self, show_progress: bool | None = None) -> IngestReport:
@@ -145,22 +171,13 @@ class Pipeline:
         """
         started = time.perf_counter()
         store = self.store
-        with index_lock(store.lock_path, self.config.ingest.lock_timeout), self._index_record() as record:
-            logical = store.config.collection
-            current = record.active_collection(logical) or (logical if store.exists_named(logical) else None)
-            if current is not None:
-                record.add_collection(current, logical, "active")
-            collect_garbage(record, store, logical, keep=current)
-            new = next_collection_name(logical, store.collection_names() | record.known_collection_names())
-            record.add_collection(new, logical, "building")
+        logical = store.config.collection
+        with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record:
+            new = begin_reindex(record, store, logical)
             building = lookup("vectorstore", store.config.type).builder(store.config, self.embeddings)
             building.use_collection(new)
             report = self._indexer(building, record, "full", show_progress).sync()
-            retired = record.switch(logical, new)
-            store.use_collection(new)
-            for old in retired:
-                store.drop_collection(old)
-                record.forget_collection(old)
+            finish_reindex(record, store, logical, new)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -183,7 +200,11 @@ class Pipeline:
 
     # -- indexing helpers --------------------------------------------------------------------------
     def _settings(self) -> str:
-        return ingest_settings(self.config.loader, self.config.chunker)
+        # max_seq_length decides where the model cuts a chunk (and the tokens chunker's sizes): a
+        # change must re-chunk and re-embed every file, so it is part of what shaped a file's chunks.
+        # (Left out while null, the model's own limit, so indexes from before this rule keep their files.)
+        limit = getattr(self.config.embeddings, "max_seq_length", None)
+        return ingest_settings(self.config.loader, self.config.chunker, {"max_seq_length": limit} if limit else None)
 
     def _indexer(self, store, record: IndexRecord, cleanup: str, show_progress: bool | None) -> Indexer:
         return Indexer(
@@ -198,25 +219,30 @@ class Pipeline:
             show_progress=self.config.loader.show_progress if show_progress is None else show_progress,
         )
 
-    @contextmanager
-    def _index_record(self) -> Iterator[IndexRecord]:
-        """The writable record: a file beside a persistent index, or this pipeline's own in memory."""
-        path = self.store.record_path
-        if path is None:
-            if "record" not in self._stages:
-                self._stages["record"] = IndexRecord(None)
-            yield self._stages["record"]
-            return
-        with IndexRecord(path) as record:
-            yield record
-
-    def as_retriever(self, k: int | None = None) -> BaseRetriever:
+    # -- retrieval -----------------------------------------------------------------------------------
+    def as_retriever(self, k: int | None = None, *, k_name: str = "k") -> BaseRetriever:
         """A LangChain ``BaseRetriever``: ``invoke``, ``batch``, ``ainvoke`` and ``|`` all work.
 
-        ``k`` overrides the number of results (``retriever.k``, or ``reranker.top_n``).
+        ``k`` overrides the number of results (``retriever.k``, or ``reranker.top_n``); ``k_name``
+        is how the caller's user wrote it, for the error message (the CLI passes ``--k``).
+        Refuses, creating nothing, when the configured index does not exist yet.
         """
+        self.require_index()
         retriever_config = self.config.retriever
-        return lookup("retriever", retriever_config.type).builder(retriever_config, self.store, self.reranker, k)
+        needed = [self.stage(name) for name in KINDS["retriever"].needs]
+        return lookup("retriever", retriever_config.type).builder(retriever_config, *needed, k=k, k_name=k_name)
+
+    def require_index(self) -> None:
+        """Raise ``IndexNotFoundError`` when a persistent index has not been ingested yet."""
+        store = self.store
+        if store.local_directory is None:
+            return  # in memory: an empty index is this process's own business
+        if not store.index_exists() or not store.exists():
+            raise IndexNotFoundError(
+                f"no index at {store.local_directory} (collection {store.config.collection!r}); "
+                "run `rag-pipeline ingest CONFIG` first"
+            )
+        store.check()
 
     def query(self, text: str, k: int | None = None) -> list[Document]:
         return self.as_retriever(k).invoke(text)
@@ -231,7 +257,18 @@ class Pipeline:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"sample_queries: file not found: {path}")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.suffix == ".jsonl":
-            return [json.loads(line)["query"] for line in lines]
-        return lines
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if path.suffix != ".jsonl":
+            return [line.strip() for line in lines if line.strip()]
+        queries = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"sample_queries: {path}: line {number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("query"), str):
+                raise ConfigError(f'sample_queries: {path}: line {number}: expected an object with a "query" string')
+            queries.append(record["query"])
+        return queries

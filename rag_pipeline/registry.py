@@ -1,8 +1,17 @@
-"""Maps a stage kind and the YAML ``type:`` name to its config model and builder.
+"""The stage kinds, declared once, and the ``type:`` names registered for each.
 
-This is the only place names from a config are resolved: nothing a config says is imported
-or executed unless it was registered here by code of this package (or a plugin that calls
-:func:`register` itself).
+``STAGE_KINDS`` is the one table of kinds: the config's sections, their default types, which are
+optional, and which built stages each builder receives all derive from it. Adding a kind (a
+lexical index, a fusion step) is one row here plus its modules.
+
+This is the only place names from a config are resolved: nothing a config says is imported or
+executed unless code of this package (``catalog.py``) or a plugin registered it with
+:func:`register`.
+
+    >>> from rag_pipeline.registry import register                               # doctest: +SKIP
+    >>> @register("chunker", "sentences", build_sentence_chunker)
+    ... class SentenceChunkerConfig(StageConfig):
+    ...     type: Literal["sentences"] = "sentences"
 """
 
 from __future__ import annotations
@@ -14,7 +23,31 @@ from pydantic import BaseModel
 
 from .errors import ConfigError
 
-STAGE_KINDS = ("loader", "chunker", "embeddings", "vectorstore", "reranker", "retriever")
+
+@dataclass(frozen=True)
+class StageKind:
+    """One kind of stage: a config section of that name, built by the builder its ``type:`` names.
+
+    ``needs``: the kinds whose built stages the builder receives after its config, in order
+    (``build(config, *stages)``); an absent optional stage is passed as None.
+    """
+
+    name: str
+    default_type: str
+    optional: bool = False  # the section may be left out (no stage of this kind)
+    required: bool = False  # the section must be written (it has no usable defaults)
+    needs: tuple[str, ...] = ()
+
+
+STAGE_KINDS: tuple[StageKind, ...] = (
+    StageKind("loader", "directory", required=True),
+    StageKind("embeddings", "bge", required=True),
+    StageKind("chunker", "recursive", needs=("embeddings",)),
+    StageKind("vectorstore", "chroma", needs=("embeddings",)),
+    StageKind("reranker", "bge-reranker", optional=True),
+    StageKind("retriever", "dense", needs=("embeddings", "vectorstore", "reranker")),
+)
+KINDS: dict[str, StageKind] = {kind.name: kind for kind in STAGE_KINDS}
 
 ConfigT = TypeVar("ConfigT", bound=type[BaseModel])
 
@@ -27,13 +60,13 @@ class Registration:
     builder: Callable[..., Any]
 
 
-_REGISTRY: dict[str, dict[str, Registration]] = {kind: {} for kind in STAGE_KINDS}
+_REGISTRY: dict[str, dict[str, Registration]] = {kind.name: {} for kind in STAGE_KINDS}
 
 
 def register(kind: str, name: str, builder: Callable[..., Any]) -> Callable[[ConfigT], ConfigT]:
     """Class decorator for a stage config model: ``@register("chunker", "recursive", build)``."""
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown stage kind {kind!r}; expected one of {', '.join(STAGE_KINDS)}")
+        raise ValueError(f"unknown stage kind {kind!r}; expected one of {', '.join(KINDS)}")
 
     def decorate(config_model: ConfigT) -> ConfigT:
         _REGISTRY[kind][name] = Registration(kind, name, config_model, builder)
@@ -43,20 +76,9 @@ def register(kind: str, name: str, builder: Callable[..., Any]) -> Callable[[Con
 
 
 def lookup(kind: str, name: str) -> Registration:
-    _ensure_builtin_stages_registered()
+    """The registration of ``type: name`` for a kind; a one-line ConfigError listing the choices."""
     try:
         return _REGISTRY[kind][name]
     except KeyError:
         choices = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
         raise ConfigError(f"{kind}.type: unknown {kind} type {name!r}; choose one of: {choices}") from None
-
-
-def registered_types(kind: str) -> list[str]:
-    _ensure_builtin_stages_registered()
-    return sorted(_REGISTRY[kind])
-
-
-def _ensure_builtin_stages_registered() -> None:
-    # Importing the stage packages runs their @register decorators. Done lazily so that
-    # importing rag_pipeline stays cheap and free of import cycles.
-    from . import chunkers, embeddings, loaders, rerankers, retrievers, vectorstores  # noqa: F401

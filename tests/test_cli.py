@@ -65,7 +65,7 @@ def test_bge_configs_fail_fast_offline_with_a_remedy(repo_root, tmp_path, config
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "rag_pipeline.cli", "query", str(repo_root / "configs" / config), "bees",
+        [sys.executable, "-m", "rag_pipeline.cli", "ingest", str(repo_root / "configs" / config),
          "--set", f"vectorstore.persist_directory={tmp_path}"],
         capture_output=True, text=True, env=env, timeout=120,
     )

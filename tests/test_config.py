@@ -120,7 +120,7 @@ def test_k_above_fetch_k_is_allowed_and_fetch_k_follows(tmp_path, small_corpus, 
          "reranker": {"model": str(tiny_reranker_dir)}, "retriever": {"k": 30, "fetch_k": 5}},
         base_dir=tmp_path,
     )
-    assert pipe.as_retriever().base_retriever.k == 30
+    assert pipe.as_retriever().path.fetch_k == 30
 
 
 def test_first_line_keeps_error_messages_to_one_line():

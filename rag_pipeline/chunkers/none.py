@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import StageConfig
+from ..stage_config import StageConfig
 from ..registry import register
 from .base import Chunker
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..config import StageConfig
+from ..stage_config import StageConfig
 from ..registry import register
 from .base import Chunker, _start_indices
 

@@ -15,7 +15,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from pydantic import Field
 
-from ..config import ConfigPath, ModelReference, StageConfig
+from ..stage_config import ConfigPath, ModelReference, StageConfig
 from ..errors import ModelNotAvailableError, first_line
 from ..registry import register
 from .devices import DType, resolve_device, resolve_dtype
@@ -74,6 +74,10 @@ class BgeEmbeddings(Embeddings):
         if self.config.query_instruction is not None:
             return self.config.query_instruction
         return default_query_instruction(self.model_id)
+
+    def warm_up(self) -> None:
+        """Load the model now (it otherwise loads on first use)."""
+        self.client
 
     @property
     def client(self):

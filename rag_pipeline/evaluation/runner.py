@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
+from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from ..config import PipelineConfig, load_config
 from ..errors import ConfigError, IndexMismatchError
 from ..pipeline import Pipeline
+from ..retrieval.path import document_key
 from .beir import BeirDataset
 from .metrics import METRICS, evaluate_run, ranked
 
@@ -157,14 +159,14 @@ def evaluate(
     """
     started = time.perf_counter()
     base = _as_config(config, overrides)
-    if not hasattr(base.vectorstore, "collection"):
-        raise ConfigError(f"vectorstore.type: evaluation needs a store with collections (chroma), got {base.vectorstore.type!r}")
     if depth <= 0:
         raise ConfigError(f"evaluation depth must be positive, got {depth}")
     if search not in ("exact", "ann"):
         raise ConfigError(f"--search must be exact or ann, got {search!r}")
-    collection = eval_collection_name(base.vectorstore.collection, dataset)
-    pipe = Pipeline.from_config(base, overrides={"vectorstore.collection": collection})
+    collection = eval_collection_name(getattr(base.vectorstore, "collection", "index"), dataset)
+    pipe = Pipeline.from_config(
+        base, overrides={"vectorstore.collection": collection, "retriever.search": search}
+    )
     if show_progress is not None:
         pipe.config.embeddings.show_progress = show_progress
     show_progress = pipe.config.embeddings.show_progress
@@ -172,20 +174,21 @@ def evaluate(
 
     tick = time.perf_counter()
     embeddings = pipe.embeddings
-    embeddings.client  # load now, so that the model's load time is not billed to indexing
+    embeddings.warm_up()  # load now, so that the model's load time is not billed to indexing
     reranker = pipe.reranker
     if reranker is not None:
-        reranker.cross_encoder
+        reranker.warm_up()
     timings["load_models"] = time.perf_counter() - tick
 
-    # -- index the corpus ---------------------------------------------------------------------
+    # -- index the corpus (under the index's write lock: eval writes into the same folder) --------
     tick = time.perf_counter()
     chunks = pipe.chunker.split_documents(dataset.documents())
     if not chunks:
         raise ConfigError(f"{dataset.path}: the corpus has no text to index")
-    _open_eval_collection(pipe)
-    _drop_stale_chunks(pipe, {c.id for c in chunks})
-    report = pipe.index_chunks(chunks, show_progress=show_progress)
+    with pipe.state.lock(pipe.config.ingest.lock_timeout):
+        _open_eval_collection(pipe.store)
+        _drop_stale_chunks(pipe.store, {c.id for c in chunks})
+        report = pipe.index_chunks(chunks, show_progress=show_progress)
     token_counts = embeddings.count_tokens([c.page_content for c in chunks])
     timings["index"] = {
         "seconds": time.perf_counter() - tick,
@@ -199,32 +202,31 @@ def evaluate(
         "collection": collection,
     }
 
-    # -- first stage: all queries embedded at once, then scored in batches -----------------------
+    # -- first stage: the serving path, all queries embedded at once, searched in batches ---------
+    path = pipe.as_retriever().path
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
     tick = time.perf_counter()
-    vectors = embeddings.embed_queries(texts)
+    encoded = path.encode(texts)
     timings["embed_queries"] = time.perf_counter() - tick
     tick = time.perf_counter()
     rerank_depth = (rerank_depth or pipe.config.retriever.fetch_k) if reranker is not None else 0
-    if search == "exact":
-        doc_runs, hits = _exact_search(pipe, chunks, vectors, depth, rerank_depth, query_batch_size)
-    else:
-        hits = _ann_search(pipe, vectors, depth, len(chunks), len(dataset.corpus), query_batch_size, with_text=reranker is not None)
-        doc_runs = [_best_chunk_per_doc(h, depth) for h in hits]
+    hits = path.covering(texts, depth, encoded=encoded, with_text=reranker is not None)
+    doc_runs = [_best_chunk_per_doc(found, depth) for found in hits]
     timings["search"] = time.perf_counter() - tick
     first_stage = dict(zip(query_ids, doc_runs))
 
-    # -- reranking -------------------------------------------------------------------------------
+    # -- reranking: the path's own rerank step over the top chunks ---------------------------------
     final = first_stage
     timings["rerank"] = 0.0
     if reranker is not None:
         tick = time.perf_counter()
         final = {}
-        for q, text, chunk_hits in tqdm(
+        for q, text, found in tqdm(
             list(zip(query_ids, texts, hits)), desc="Reranking", unit="query", disable=not show_progress
         ):
-            final[q] = _rerank(reranker, text, chunk_hits[:rerank_depth], first_stage[q], depth)
+            reranked = path.rerank(text, found[:rerank_depth], top_n=None)
+            final[q] = _reranked_run(reranked, first_stage[q], depth)
         timings["rerank"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -255,141 +257,45 @@ def evaluate(
     )
 
 
-def _open_eval_collection(pipe: Pipeline) -> None:
+def _open_eval_collection(index) -> None:
     """The eval collection is derived data: one built by another model is dropped and rebuilt
     (its vectors come back from the embedding cache) rather than refused as a user's index is."""
-    store = pipe.store
     try:
-        store.collection
+        index.check()
     except IndexMismatchError:
-        logger.info("collection %s was built with another embedding setup; rebuilding it", store.collection_name)
-        store.client.delete_collection(store.collection_name)
-        store.collection
+        logger.info("the evaluation collection was built with another embedding setup; rebuilding it")
+        index.clear()
+        index.check()
 
 
-def _drop_stale_chunks(pipe: Pipeline, wanted: set[str]) -> None:
+def _drop_stale_chunks(index, wanted: set[str]) -> None:
     """Remove chunks that are not in this corpus (another subset, another chunker setting)."""
-    collection = pipe.store.collection
-    stale = [i for i in collection.get(include=[])["ids"] if i not in wanted]
-    batch = pipe.store.max_batch_size
-    for start in range(0, len(stale), batch):
-        collection.delete(ids=stale[start : start + batch])
+    stale = sorted(index.ids() - wanted)
     if stale:
+        index.delete(stale)
         logger.info("removed %d chunks that are not part of this evaluation corpus", len(stale))
 
 
-@dataclass
-class _Hit:
-    doc_id: str
-    score: float
-    text: str | None
-
-
-def _stored_vectors(pipe: Pipeline, chunk_ids: list[str]) -> np.ndarray:
-    """The collection's vectors, in ``chunk_ids`` order (read back from Chroma, page by page)."""
-    collection, page = pipe.store.collection, pipe.store.max_batch_size
-    rows: dict[str, np.ndarray] = {}
-    for start in range(0, len(chunk_ids), page):
-        got = collection.get(ids=chunk_ids[start : start + page], include=["embeddings"])
-        rows.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
-    return np.vstack([rows[i] for i in chunk_ids])
-
-
-def _exact_search(
-    pipe: Pipeline, chunks: list, vectors: np.ndarray, depth: int, rerank_depth: int, batch_size: int
-) -> tuple[list[dict[str, float]], list[list[_Hit]]]:
-    """Score every chunk; a document's score is its best chunk's (its chunks are contiguous).
-
-    Similarity follows the collection's distance exactly as Chroma reports it (cosine: of the
-    normalised vectors; ip: dot product; l2: 1 - squared distance / 2), so scores from the two
-    search modes are comparable. Returns the top ``depth`` documents per query and, for the
-    reranker, the top ``rerank_depth`` chunks.
-    """
-    corpus = _stored_vectors(pipe, [c.id for c in chunks])
-    queries = np.asarray(vectors, dtype=np.float32)
-    distance = pipe.store.config.distance
-    if distance == "cosine":
-        corpus = corpus / np.maximum(np.linalg.norm(corpus, axis=1, keepdims=True), 1e-12)
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    doc_ids = [c.metadata.get("doc_id", c.id) for c in chunks]
-    starts = [i for i in range(len(doc_ids)) if i == 0 or doc_ids[i] != doc_ids[i - 1]]
-    if len(starts) != len(set(doc_ids)):
-        raise ValueError("chunks of one document must be contiguous")
-    doc_names = [doc_ids[i] for i in starts]
-    keep = min(depth, len(doc_names))
-    runs: list[dict[str, float]] = []
-    hits: list[list[_Hit]] = []
-    for start in range(0, len(queries), batch_size):
-        block = queries[start : start + batch_size]
-        similarity = block @ corpus.T
-        if distance == "l2":
-            squared = (block**2).sum(1)[:, None] + (corpus**2).sum(1)[None, :] - 2 * similarity
-            similarity = 1.0 - squared / 2.0
-        per_doc = np.maximum.reduceat(similarity, starts, axis=1)
-        for row, doc_row in zip(similarity, per_doc):
-            top = np.argpartition(-doc_row, keep - 1)[:keep] if keep < len(doc_row) else np.arange(len(doc_row))
-            runs.append(dict(ranked({doc_names[j]: float(doc_row[j]) for j in top})))
-            if rerank_depth:
-                n = min(rerank_depth, len(row))
-                best = np.argpartition(-row, n - 1)[:n] if n < len(row) else np.arange(len(row))
-                best = best[np.argsort(-row[best], kind="stable")]
-                hits.append([_Hit(doc_ids[j], float(row[j]), chunks[j].page_content) for j in best])
-            else:
-                hits.append([])
-    return runs, hits
-
-
-def _ann_search(
-    pipe: Pipeline, vectors: np.ndarray, depth: int, n_chunks: int, n_docs: int, batch_size: int, with_text: bool
-) -> list[list[_Hit]]:
-    """Top chunks per query, enough of them to cover ``depth`` distinct documents.
-
-    A query whose top chunks cover fewer documents (several chunks of one document) is asked
-    again with twice as many, until it has ``depth`` documents or has seen the whole collection.
-    """
-    store = pipe.store
-    wanted_docs = min(depth, n_docs)
-    chunks_per_doc = n_chunks / max(n_docs, 1)
-    n = min(n_chunks, depth if chunks_per_doc <= 1 else math.ceil(depth * chunks_per_doc * 1.5))
-    include = ["metadatas", "distances"] + (["documents"] if with_text else [])
-    results: list[list[_Hit] | None] = [None] * len(vectors)
-    pending = list(range(len(vectors)))
-    while pending:
-        short = []
-        for start in range(0, len(pending), batch_size):
-            part = pending[start : start + batch_size]
-            answer = store.collection.query(query_embeddings=vectors[part], n_results=n, include=include)
-            for row, index in enumerate(part):
-                texts = answer["documents"][row] if with_text else [None] * len(answer["ids"][row])
-                hits = [
-                    _Hit(str((meta or {}).get("doc_id", chunk_id)), store._similarity(float(dist)), text)
-                    for chunk_id, meta, dist, text in zip(answer["ids"][row], answer["metadatas"][row], answer["distances"][row], texts)
-                ]
-                results[index] = hits
-                if len({h.doc_id for h in hits}) < wanted_docs and n < n_chunks:
-                    short.append(index)
-        pending, n = short, min(n_chunks, n * 2)
-    return [r or [] for r in results]
-
-
-def _best_chunk_per_doc(hits: list[_Hit], depth: int) -> dict[str, float]:
+def _best_chunk_per_doc(chunks: list[Document], depth: int) -> dict[str, float]:
+    """A document's score is its best chunk's."""
     scores: dict[str, float] = {}
-    for hit in hits:
-        if hit.score > scores.get(hit.doc_id, -math.inf):
-            scores[hit.doc_id] = hit.score
+    for chunk in chunks:
+        doc, score = document_key(chunk), float(chunk.metadata["score"])
+        if score > scores.get(doc, -math.inf):
+            scores[doc] = score
     return dict(ranked(scores)[:depth])
 
 
-def _rerank(reranker, query: str, hits: list[_Hit], first_stage: dict[str, float], depth: int) -> dict[str, float]:
+def _reranked_run(reranked: list[Document], first_stage: dict[str, float], depth: int) -> dict[str, float]:
     """Reranked documents first (by best chunk's rerank score), then the rest in first-stage order.
 
     The run's scores are rank-derived (depth, depth-1, ...) so that the two parts stay in order.
     """
-    scores = reranker.score(query, [h.text or "" for h in hits])
     best: dict[str, float] = {}
-    for hit, score in zip(hits, scores):
-        if score > best.get(hit.doc_id, -math.inf):
-            best[hit.doc_id] = score
+    for chunk in reranked:
+        doc, score = document_key(chunk), float(chunk.metadata["rerank_score"])
+        if score > best.get(doc, -math.inf):
+            best[doc] = score
     order = [doc for doc, _ in ranked(best)] + [doc for doc, _ in ranked(first_stage) if doc not in best]
     return {doc: float(depth - rank) for rank, doc in enumerate(order[:depth])}
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
-from ..embeddings.cache import encode_with_cache
+from .cache import encode_with_cache
 from .faults import crash_point
 from .record import FileRecord, IndexRecord
 from .report import FileChange, IngestReport, SyncPlan
@@ -54,10 +54,13 @@ RACY_WINDOW_NS = 2_000_000_000
 CLEANUP_MODES = ("full", "incremental", "none")
 
 
-def ingest_settings(loader_config: Any, chunker_config: Any) -> str:
-    """A short hash of every setting that shapes a file's chunks (reader options and chunker)."""
+def ingest_settings(loader_config: Any, chunker_config: Any, model: dict[str, Any] | None = None) -> str:
+    """A short hash of every setting that shapes a file's chunks and their vectors (reader options,
+    chunker, and ``model``: the embedding settings that change where a chunk is cut)."""
     reader = {k: v for k, v in loader_config.model_dump(mode="json").items() if k not in _FILE_SELECTION_KEYS}
     data = {"version": SETTINGS_VERSION, "reader": reader, "chunker": chunker_config.model_dump(mode="json")}
+    if model:
+        data["model"] = model
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
@@ -274,7 +277,7 @@ class Indexer:
     # -- steps -------------------------------------------------------------------------------------
     def _forget_files_missing_from_collection(self) -> None:
         """After a crash: a file whose recorded chunks are not all in Chroma is indexed again."""
-        present = self.store.all_ids() if self.store.exists() else set()
+        present = self.store.ids() if self.store.exists() else set()
         missing = self.record.chunk_ids(self.collection) - present
         if missing:
             sources = self.record.chunk_sources(self.collection, missing)
@@ -359,7 +362,7 @@ class Indexer:
     def _sweep(self, report: IngestReport) -> None:
         """Delete what the collection holds and the record does not list: chunks upserted before a
         kill and not recorded, old chunks not yet deleted, anything written around ingest."""
-        orphans = self.store.all_ids() - self.record.chunk_ids(self.collection)
+        orphans = self.store.ids() - self.record.chunk_ids(self.collection)
         if orphans:
             self._begin_writes()
             self.store.delete(sorted(orphans))

@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from ..config import ConfigPath, StageConfig
+from ..stage_config import ConfigPath, StageConfig
 from ..errors import LoaderError
 from ..registry import register
 from .base import FileError, LoadResult

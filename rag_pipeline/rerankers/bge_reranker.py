@@ -14,7 +14,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from ..config import ModelReference, StageConfig
+from ..stage_config import ModelReference, StageConfig
 from ..embeddings.devices import DType, resolve_device, resolve_dtype
 from ..embeddings.models import remedy_for, resolve_model
 from ..errors import ModelNotAvailableError, first_line
@@ -56,6 +56,10 @@ class BgeReranker(BaseDocumentCompressor):
     # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
     # share it, so the model loads once however many retrievers use it.
     _loaded: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def warm_up(self) -> None:
+        """Load the model now (it otherwise loads on the first query)."""
+        self.cross_encoder
 
     @property
     def cross_encoder(self):
@@ -100,14 +104,19 @@ class BgeReranker(BaseDocumentCompressor):
         )
         return [float(s) for s in scores]
 
-    def compress_documents(
-        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
-    ) -> Sequence[Document]:
+    def rank(self, query: str, documents: Sequence[Document]) -> list[Document]:
+        """All ``documents``, best first by the cross-encoder, each with ``metadata['rerank_score']``
+        beside the first stage's ``score`` (ties keep the first stage's order)."""
         scores = self.score(query, [d.page_content for d in documents])
         ranked = sorted(zip(documents, scores), key=lambda pair: pair[1], reverse=True)
-        if self.top_n is not None:
-            ranked = ranked[: self.top_n]
         return [
             Document(page_content=d.page_content, metadata={**d.metadata, "rerank_score": s}, id=d.id)
             for d, s in ranked
         ]
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """LangChain's compressor interface (``ContextualCompressionRetriever``): the best ``top_n``."""
+        ranked = self.rank(query, documents)
+        return ranked[: self.top_n] if self.top_n is not None else ranked

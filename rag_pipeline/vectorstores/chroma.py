@@ -4,25 +4,24 @@ The collection's metadata records the embedding fingerprint (model, dimension, n
 query instruction). Opening it with a different one is refused: vectors of two models in one
 index are not comparable, and search would go quietly wrong. ``rag-pipeline reindex`` is the fix.
 
-``vectorstore.collection`` is a logical name. The index record beside the collection
-(:mod:`rag_pipeline.indexing.record`) maps it to the physical Chroma collection that serves it,
-which ``reindex`` swaps when a new one is complete; with no record the two names are the same.
+``vectorstore.collection`` is a logical name; the store serves the physical collection it is
+told to (``collection_name``), which ``reindex`` swaps when a new one is complete. Which one is
+active is index state, kept by :mod:`rag_pipeline.indexing`; the store never reads it, it only
+asks ``resolve_collection`` again when its collection disappears under it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from langchain_core.documents import Document
 from pydantic import Field
 
-from ..config import ConfigPath, StageConfig
-from ..errors import ConfigError, IndexMismatchError
-from ..indexing.lock import LOCK_FILENAME
-from ..indexing.record import RECORD_FILENAME, IndexRecord
+from ..stage_config import ConfigPath, StageConfig
+from ..errors import ConfigError, IndexMismatchError, first_line
 from ..registry import register
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -53,26 +52,33 @@ def _fingerprint_text(fingerprint: dict[str, Any]) -> str:
 
 
 class ChromaStore:
-    """A Chroma collection plus the LangChain ``Chroma`` vector store over it."""
+    """A Chroma collection plus the LangChain ``Chroma`` vector store over it (a ``VectorIndex``).
 
-    def __init__(self, config: ChromaStoreConfig, embeddings, collection_name: str | None = None):
+    ``collection_name`` is the physical collection to serve (default: ``vectorstore.collection``).
+    ``resolve_collection``, when given, names the collection that serves now; it is asked again
+    when the served one has disappeared (another process reindexed and dropped it).
+    """
+
+    def __init__(
+        self,
+        config: ChromaStoreConfig,
+        embeddings,
+        collection_name: str | None = None,
+        resolve_collection: Callable[[], str] | None = None,
+    ):
         self.config = config
         self.embeddings = embeddings
         self._collection_name = collection_name
+        self.resolve_collection = resolve_collection
         self._client = None
         self._collection = None
         self._vectorstore = None
 
     @property
     def collection_name(self) -> str:
-        """The physical collection: the one the record names active for ``vectorstore.collection``."""
+        """The physical collection served."""
         if self._collection_name is None:
-            record = IndexRecord.open_existing(self.record_path)
-            active = None
-            if record is not None:
-                with record:
-                    active = record.active_collection(self.config.collection)
-            self._collection_name = active or self.config.collection
+            self._collection_name = self.resolve_collection() if self.resolve_collection else self.config.collection
         return self._collection_name
 
     def use_collection(self, name: str) -> None:
@@ -80,6 +86,11 @@ class ChromaStore:
         self._collection_name = name
         self._collection = None
         self._vectorstore = None
+
+    @property
+    def local_directory(self) -> Path | None:
+        """The folder that holds the index on this machine (None: in memory, or on a server)."""
+        return self.config.persist_directory
 
     # -- connection ------------------------------------------------------------------------------
     @property
@@ -95,6 +106,12 @@ class ChromaStore:
                 self.config.persist_directory.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.config.persist_directory), settings=settings)
         return self._client
+
+    def index_exists(self) -> bool:
+        """Whether anything was ever stored here, checked without creating anything."""
+        if self.config.persist_directory is None:
+            return self._client is not None and bool(self.collection_names())
+        return (self.config.persist_directory / "chroma.sqlite3").is_file()
 
     def collection_names(self) -> set[str]:
         """Every collection in the client (all logical names and their physical generations)."""
@@ -124,6 +141,7 @@ class ChromaStore:
                 embedding_function=None,
             )
         collection = self.client.get_collection(self.collection_name, embedding_function=None)
+        self._check_distance(collection)
         stored_text = (collection.metadata or {}).get(FINGERPRINT_KEY)
         if stored_text is None:
             expected = self.embeddings.fingerprint()
@@ -154,6 +172,26 @@ class ChromaStore:
             )
         return collection
 
+    def _check_distance(self, collection) -> None:
+        """A collection's distance is fixed when it is created; a config that says another one would
+        get scores computed for the wrong space, so it is refused."""
+        space = _collection_space(collection)
+        if space is not None and space != self.config.distance:
+            raise IndexMismatchError(
+                f"vectorstore.distance: collection {self.config.collection!r} was built with distance {space!r}, "
+                f"the config says {self.config.distance!r}; set distance: {space}, or run `rag-pipeline reindex "
+                "CONFIG` to rebuild the index with the new distance"
+            )
+
+    def check(self) -> None:
+        """Open the served collection now, so a model or distance mismatch is reported up front."""
+        self.collection
+
+    def clear(self) -> None:
+        """Drop the served collection; the next write creates it afresh."""
+        self.drop_collection(self.collection_name)
+        self.use_collection(self.collection_name)
+
     @property
     def vectorstore(self):
         """LangChain's ``Chroma`` over the same collection, for search and for LangChain users."""
@@ -168,26 +206,6 @@ class ChromaStore:
                 create_collection_if_not_exists=False,
             )
         return self._vectorstore
-
-    @property
-    def record_path(self) -> Path | None:
-        """The index record (what ingest wrote, and which collection is active) lives beside the index."""
-        if self.config.persist_directory is None:
-            return None
-        return self.config.persist_directory / RECORD_FILENAME
-
-    @property
-    def lock_path(self) -> Path | None:
-        if self.config.persist_directory is None:
-            return None
-        return self.config.persist_directory / LOCK_FILENAME
-
-    @property
-    def embedding_cache_path(self) -> Path | None:
-        """The passage-vector cache lives beside a persistent index; an in-memory index has none."""
-        if self.config.persist_directory is None:
-            return None
-        return self.config.persist_directory / "embedding_cache.sqlite"
 
     # -- writes ----------------------------------------------------------------------------------
     @property
@@ -216,13 +234,13 @@ class ChromaStore:
         for batch in _batches(list(ids), self.max_batch_size):
             self.collection.delete(ids=list(batch))
 
-    def all_ids(self) -> set[str]:
-        """Every chunk id in the collection (read in pages, ids only)."""
+    def ids(self, where: dict[str, Any] | None = None) -> set[str]:
+        """Every chunk id in the collection, or those whose metadata match ``where`` (read in pages)."""
         found: set[str] = set()
         page = int(self.client.get_max_batch_size())
         offset = 0
         while True:
-            ids = self.collection.get(include=[], limit=page, offset=offset)["ids"]
+            ids = self._read(lambda c: c.get(where=where, include=[], limit=page, offset=offset))["ids"]
             found.update(ids)
             if len(ids) < page:
                 return found
@@ -237,32 +255,104 @@ class ChromaStore:
         return self.collection.count()
 
     # -- reads -----------------------------------------------------------------------------------
-    def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
-        """Top-k chunks for a query, ``metadata['score']`` = similarity (cosine for normalised vectors)."""
-        if k <= 0:
-            raise ConfigError("retriever.k must be positive")
-        vector = self.embeddings.embed_query(query)
-        result = self.collection.query(
-            query_embeddings=[vector],
-            n_results=k,
-            where=where,
-            include=["documents", "metadatas", "distances"],
-        )
-        documents = []
-        for identifier, text, metadata, distance in zip(
-            result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
-        ):
-            metadata = dict(metadata or {})
-            metadata["score"] = self._similarity(float(distance))
-            documents.append(Document(page_content=text or "", metadata=metadata, id=identifier))
-        return documents
+    def _read(self, operation: Callable[[Any], Any]) -> Any:
+        """Run a read; if the collection was dropped under us (a reindex in another process), serve
+        the one that replaced it."""
+        from chromadb.errors import NotFoundError
 
-    def _similarity(self, distance: float) -> float:
-        # Chroma returns distances: cosine and ip give 1 - similarity; l2 is squared Euclidean,
-        # which for unit vectors is 2 - 2*cosine.
+        try:
+            return operation(self.collection)
+        except NotFoundError:
+            if self.resolve_collection is None:
+                raise
+            self.use_collection(self.resolve_collection())
+            return operation(self.collection)
+
+    def documents(self, ids: Sequence[str]) -> list[Document]:
+        """The stored chunks, in ``ids`` order (read back page by page)."""
+        found: dict[str, Document] = {}
+        for part in _batches(list(ids), self.max_batch_size):
+            got = self._read(lambda c: c.get(ids=list(part), include=["documents", "metadatas"]))
+            for identifier, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
+                found[identifier] = Document(page_content=text or "", metadata=dict(metadata or {}), id=identifier)
+        return [found[i] for i in ids]
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors, in ``ids`` order (read back page by page)."""
+        rows: dict[str, np.ndarray] = {}
+        for part in _batches(list(ids), self.max_batch_size):
+            got = self._read(lambda c: c.get(ids=list(part), include=["embeddings"]))
+            rows.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+        dimension = len(next(iter(rows.values()))) if rows else 0
+        return np.vstack([rows[i] for i in ids]) if ids else np.zeros((0, dimension), dtype=np.float32)
+
+    def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores as :meth:`search_batch` reports them: the similarity that Chroma's distance in this
+        collection's space stands for (cosine; dot product for ip; 1 - d/2 for squared l2, which
+        for unit vectors is the cosine)."""
+        queries = np.asarray(queries, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.config.distance == "cosine":
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        products = queries @ vectors.T
+        if self.config.distance == "l2":
+            squared = (queries**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * products
+            return 1.0 - squared / 2.0
+        return products
+
+    def _distance_to_similarity(self, distance: float) -> float:
+        # Chroma returns distances: cosine and ip give 1 - similarity; l2 is squared Euclidean.
         if self.config.distance == "l2":
             return 1.0 - distance / 2.0
         return 1.0 - distance
+
+    def search_batch(
+        self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None, *, with_text: bool = True
+    ) -> list[list[Document]]:
+        """Top-k chunks per query vector from Chroma's HNSW index, ``metadata['score']`` = similarity."""
+        if k <= 0:
+            raise ConfigError(f"retriever.k must be positive, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if len(queries) == 0:
+            return []
+        include = ["metadatas", "distances"] + (["documents"] if with_text else [])
+        from chromadb.errors import InvalidArgumentError
+
+        try:
+            result = self._read(
+                lambda c: c.query(query_embeddings=queries, n_results=k, where=where or None, include=include)
+            )
+        except (ValueError, TypeError, InvalidArgumentError) as exc:  # what chromadb raises for a bad filter
+            if not where:
+                raise
+            raise ConfigError(f"retriever.filter: not a valid Chroma filter ({first_line(exc)}): {where!r}") from None
+        batches = []
+        for row in range(len(queries)):
+            texts = result["documents"][row] if with_text else [""] * len(result["ids"][row])
+            documents = []
+            for identifier, text, metadata, distance in zip(
+                result["ids"][row], texts, result["metadatas"][row], result["distances"][row]
+            ):
+                metadata = dict(metadata or {})
+                metadata["score"] = self._distance_to_similarity(float(distance))
+                documents.append(Document(page_content=text or "", metadata=metadata, id=identifier))
+            batches.append(documents)
+        return batches
+
+    def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
+        """Top-k chunks for a query text (embedded with the query instruction)."""
+        return self.search_batch(np.asarray([self.embeddings.embed_query(query)]), k, where)[0]
+
+
+def _collection_space(collection) -> str | None:
+    """The distance a collection was created with: our own metadata, else Chroma's configuration."""
+    space = (collection.metadata or {}).get("hnsw:space")
+    if space is None:
+        configuration = getattr(collection, "configuration_json", None)
+        if isinstance(configuration, dict):
+            space = (configuration.get("hnsw") or {}).get("space")
+    return space
 
 
 def _chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

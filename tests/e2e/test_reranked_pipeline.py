@@ -36,7 +36,7 @@ def test_reranked_results_follow_the_cross_encoder(reranked, tiny_reranker_dir):
     query = "how do tides work"
     retriever = reranked.as_retriever()
     final = retriever.invoke(query)
-    candidates = retriever.base_retriever.invoke(query)  # the dense top fetch_k
+    candidates = retriever.candidates(query)  # the dense top fetch_k
     assert len(candidates) == 12 and len(final) == 4
     logits = _logits(tiny_reranker_dir, query, [c.page_content for c in candidates])
     expected = [candidates[i].id for i in np.argsort(-logits)[:4]]
@@ -48,4 +48,5 @@ def test_reranked_results_follow_the_cross_encoder(reranked, tiny_reranker_dir):
 def test_k_override_sets_the_number_after_reranking(reranked):
     assert len(reranked.as_retriever(k=2).invoke("bees")) == 2
     # fetch_k grows with k so the reranker always has enough to choose from
-    assert reranked.as_retriever(k=15).base_retriever.k == 15
+    assert reranked.as_retriever(k=15).path.fetch_k == 15
+    assert len(reranked.as_retriever(k=15).candidates("bees")) == 15

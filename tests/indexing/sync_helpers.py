@@ -72,10 +72,9 @@ def snapshot(config: dict) -> dict:
     pipe = Pipeline.from_config(config)
     store = pipe.store
     name = store.collection_name
-    data = store.client.get_collection(name).get(include=["metadatas"])
-    ids = data["ids"]
-    positions = [(m["doc_id"], m["chunk_index"]) for m in data["metadatas"]]
-    with IndexRecord(store.record_path, readonly=True) as record:
+    ids = sorted(store.ids())
+    positions = [(d.metadata["doc_id"], d.metadata["chunk_index"]) for d in store.documents(ids)]
+    with IndexRecord(pipe.state.record_path, readonly=True) as record:
         recorded = record.snapshot(name)
         collections = {n: s for n, s in record.collections(store.config.collection).items()}
         dirty = record.is_dirty(name)

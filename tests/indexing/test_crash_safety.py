@@ -19,7 +19,7 @@ import pytest
 from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, write_config, write_files
 
 from rag_pipeline import Pipeline
-from rag_pipeline.embeddings.cache import EmbeddingCache
+from rag_pipeline.indexing.cache import EmbeddingCache
 
 # point:N -> what the killed run must have done before dying (to be sure each case tests something)
 POINTS = {
@@ -84,7 +84,7 @@ def test_kill_at_any_point_then_rerun_equals_one_clean_run(scenario, point, tmp_
     assert crashed != scenario["clean"]
 
     pipe = Pipeline.from_config(config)
-    cache = EmbeddingCache(pipe.store.embedding_cache_path, pipe.embeddings.cache_identity())
+    cache = EmbeddingCache(pipe.state.embedding_cache_path, pipe.embeddings.cache_identity())
     uncached = sum(1 for v in cache.get(sorted(set(_v2_texts(config)))) if v is None)
     cache.close()
     rerun = pipe.ingest()

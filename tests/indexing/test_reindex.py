@@ -27,8 +27,9 @@ def indexed(tmp_path, tiny_bge_dir, tiny_bge_other_dir):
 
 
 def _state(config) -> tuple[dict[str, str], set[str]]:
-    store = Pipeline.from_config(config).store
-    with IndexRecord(store.record_path, readonly=True) as record:
+    pipe = Pipeline.from_config(config)
+    store = pipe.store
+    with IndexRecord(pipe.state.record_path, readonly=True) as record:
         return record.collections("test"), store.collection_names()
 
 

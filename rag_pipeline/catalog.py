@@ -1,0 +1,14 @@
+"""The built-in stages: importing this module registers every ``type:`` the package ships.
+
+One list, so that what a config may name is visible in one place; ``config.load_config`` imports
+it before validating. Third-party stages register themselves (``registry.register``) the same way.
+"""
+
+from __future__ import annotations
+
+from .chunkers import none, recursive, tokens  # noqa: F401
+from .embeddings import bge  # noqa: F401
+from .loaders import directory  # noqa: F401
+from .rerankers import bge_reranker  # noqa: F401
+from .retrieval import retriever  # noqa: F401
+from .vectorstores import chroma  # noqa: F401

@@ -1,0 +1,144 @@
+"""What each kind of stage promises the code that composes it: small structural ``Protocol``s.
+
+Sync (``indexing``), evaluation and the retriever (``retrieval``) talk to these, never to a
+concrete class, so a FAISS index, a BM25 index, an ONNX embedder or a remote Chroma is a new stage
+module, not a patch across the house. The built-in stages satisfy them structurally (no base class
+to inherit); ``tests/test_contracts.py`` checks that they do.
+
+Vectors are ``numpy`` float32 arrays, one row per text. A search returns, per query, LangChain
+``Document``s best first, with ``id`` set and the similarity (higher is better) in
+``metadata["score"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from langchain_core.documents import Document
+
+Filter = Mapping[str, Any]
+"""A metadata filter in Chroma's ``where`` syntax (``{"file_type": "pdf"}``, ``{"$and": [...]}``)."""
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """Finds the source files and reads them into Documents (per-file failures are values)."""
+
+    config: Any
+
+    def discover(self) -> list[Path]: ...
+
+    def source_id(self, file: Path) -> str: ...
+
+    def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Chunker(Protocol):
+    """Splits Documents into the passages that get embedded, with deterministic ids."""
+
+    def split_documents(self, documents: Iterable[Document]) -> list[Document]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A bi-encoder. Queries get the model's query instruction; passages are embedded as they are."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray: ...
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    def fingerprint(self, *, load_model: bool = True) -> dict[str, Any]:
+        """What makes two indexes' vectors comparable (stored with a collection)."""
+        ...
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides a passage's vector (the embedding cache key)."""
+        ...
+
+    def warm_up(self) -> None: ...
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """A dense index of chunks: write by id, read by id, search by vector."""
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    def exists(self) -> bool: ...
+
+    def check(self) -> None:
+        """Open the index now; raise ``IndexMismatchError`` when it was built with another setup."""
+        ...
+
+    def clear(self) -> None:
+        """Drop everything the index holds (derived data only: evaluation collections)."""
+        ...
+
+    def count(self) -> int: ...
+
+    def ids(self, where: Filter | None = None) -> set[str]: ...
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
+
+    def upsert(self, chunks: Sequence[Document], vectors: np.ndarray) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def documents(self, ids: Sequence[str]) -> list[Document]:
+        """The stored chunks (text and metadata), in ``ids`` order."""
+        ...
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors, in ``ids`` order."""
+        ...
+
+    def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores of every (query, vector) pair exactly as ``search_batch`` reports them."""
+        ...
+
+    def search_batch(
+        self, queries: np.ndarray, k: int, where: Filter | None = None, *, with_text: bool = True
+    ) -> list[list[Document]]: ...
+
+
+@runtime_checkable
+class LexicalIndex(Protocol):
+    """A sparse / lexical index (BM25, BGE-M3 sparse) with the write side of a ``VectorIndex``:
+    it is told the chunks' texts instead of vectors and searched by query text."""
+
+    def upsert_texts(self, chunks: Sequence[Document]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def ids(self, where: Filter | None = None) -> set[str]: ...
+
+    def search_batch_text(self, queries: Sequence[str], k: int, where: Filter | None = None) -> list[list[Document]]: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """A cross-encoder: a relevance score per (query, passage) pair, higher is better."""
+
+    top_n: int | None
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]: ...
+
+    def rank(self, query: str, documents: Sequence[Document]) -> list[Document]:
+        """All ``documents`` best first, each with ``metadata['rerank_score']``."""
+        ...
+
+    def warm_up(self) -> None: ...
+

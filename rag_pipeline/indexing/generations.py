@@ -1,0 +1,47 @@
+"""Collection generations: ``vectorstore.collection`` is a logical name served by one physical
+collection at a time. ``reindex`` builds ``<name>.v2`` (``.v3``, ...) beside the active one and
+switches the record to it in one transaction when it is complete; what an interrupted reindex
+leaves (a half-built or a retired collection) is dropped by the next ingest or reindex.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .record import IndexRecord
+from .sync import collect_garbage, next_collection_name
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_ingest(record: IndexRecord, store: Any, logical: str) -> str:
+    """Point ``store`` at the active collection of ``logical`` and clear leftovers; returns its name."""
+    active = record.active_collection(logical) or logical
+    if active != store.collection_name:  # another process reindexed since the store was opened
+        store.use_collection(active)
+    if active not in record.collections(logical):  # an index from before the record, or a new one
+        record.add_collection(active, logical, "active")
+    collect_garbage(record, store, logical, keep=active)
+    return active
+
+
+def begin_reindex(record: IndexRecord, store: Any, logical: str) -> str:
+    """Register a new generation of ``logical`` as ``building``; returns its physical name."""
+    current = record.active_collection(logical) or (logical if store.exists_named(logical) else None)
+    if current is not None:
+        record.add_collection(current, logical, "active")
+    collect_garbage(record, store, logical, keep=current)
+    new = next_collection_name(logical, store.collection_names() | record.known_collection_names())
+    record.add_collection(new, logical, "building")
+    return new
+
+
+def finish_reindex(record: IndexRecord, store: Any, logical: str, new: str) -> list[str]:
+    """Make ``new`` the active generation in one step, then drop the ones it replaced."""
+    retired = record.switch(logical, new)
+    store.use_collection(new)
+    for old in retired:
+        store.drop_collection(old)
+        record.forget_collection(old)
+    return retired

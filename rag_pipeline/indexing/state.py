@@ -1,0 +1,79 @@
+"""Where ingestion keeps its state: the index record, the write lock and the embedding cache.
+
+All three live in ``ingest.state_directory``: by default the folder of a persistent Chroma index,
+and required when the index has no folder on this machine (a Chroma server). An in-memory index
+keeps its record in memory and has neither lock nor cache.
+
+    state_directory/
+      index_record.sqlite     what each collection holds, and which collection is active
+      ingest.lock             one writer at a time (ingest, reindex, eval's indexing)
+      embedding_cache.sqlite  passage vectors by model identity and text hash
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .cache import EmbeddingCache
+from .lock import LOCK_FILENAME, index_lock
+from .record import RECORD_FILENAME, IndexRecord
+
+EMBEDDING_CACHE_FILENAME = "embedding_cache.sqlite"
+
+
+class IndexState:
+    """The state of one index. ``IndexState(None)``: an in-memory index's, for this process only."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = Path(directory) if directory is not None else None
+        self._memory_record: IndexRecord | None = None
+
+    @property
+    def record_path(self) -> Path | None:
+        return self.directory / RECORD_FILENAME if self.directory is not None else None
+
+    @property
+    def lock_path(self) -> Path | None:
+        return self.directory / LOCK_FILENAME if self.directory is not None else None
+
+    @property
+    def embedding_cache_path(self) -> Path | None:
+        return self.directory / EMBEDDING_CACHE_FILENAME if self.directory is not None else None
+
+    def lock(self, timeout: float):
+        """Hold the write lock (a no-op for an in-memory index)."""
+        return index_lock(self.lock_path, timeout)
+
+    @contextmanager
+    def record(self) -> Iterator[IndexRecord]:
+        """The writable record (created on first use)."""
+        if self.record_path is None:
+            if self._memory_record is None:
+                self._memory_record = IndexRecord(None)
+            yield self._memory_record
+            return
+        with IndexRecord(self.record_path) as record:
+            yield record
+
+    def read_record(self) -> IndexRecord | None:
+        """The record for reading, or None when there is none yet (creates nothing)."""
+        if self.record_path is None:
+            return self._memory_record
+        return IndexRecord.open_existing(self.record_path)
+
+    def active_collection(self, logical: str) -> str:
+        """The physical collection that serves ``logical`` now (``logical`` itself without a record)."""
+        record = self.read_record()
+        if record is None:
+            return logical
+        try:
+            return record.active_collection(logical) or logical
+        finally:
+            if record is not self._memory_record:
+                record.close()
+
+    def embedding_cache(self, identity: dict[str, Any]) -> EmbeddingCache | None:
+        path = self.embedding_cache_path
+        return EmbeddingCache(path, identity) if path is not None else None

@@ -1,0 +1,88 @@
+"""The retrieval path: first-stage arms, fusion, then the reranker once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from langchain_core.documents import Document
+
+from ..contracts import Reranker
+from .first_stage import DenseArm
+from .fusion import FusionFunction, fuse_single
+
+
+def document_key(document: Document) -> str:
+    """What a result list counts as one item: a source document (its chunks share it)."""
+    return str(document.metadata.get("doc_id", document.id))
+
+
+@dataclass
+class RetrievalPath:
+    """``retrieve(queries, k)``: the ``k`` best chunks per query, reranked when a reranker is set.
+
+    With a reranker, ``fetch_k`` fused candidates go to the cross-encoder and its best ``k`` come
+    out, each with ``metadata['rerank_score']`` beside the first stage's ``score``.
+    """
+
+    arms: list[DenseArm]
+    fuse: FusionFunction = fuse_single
+    reranker: Reranker | None = None
+    fetch_k: int = 20
+
+    def encode(self, queries: Sequence[str]) -> list[Any]:
+        """The queries as each arm searches with them (embedded once, reusable across calls)."""
+        return [arm.encode(queries) for arm in self.arms]
+
+    def first_stage(
+        self, queries: Sequence[str], k: int, *, encoded: list[Any] | None = None, with_text: bool = True
+    ) -> list[list[Document]]:
+        """The fused top ``k`` chunks per query, before reranking."""
+        encoded = encoded if encoded is not None else [None] * len(self.arms)
+        per_arm = [
+            arm.search_batch(queries, k, encoded=vectors, with_text=with_text) for arm, vectors in zip(self.arms, encoded)
+        ]
+        return [self.fuse([lists[i] for lists in per_arm], k) for i in range(len(queries))]
+
+    def covering(
+        self,
+        queries: Sequence[str],
+        depth: int,
+        *,
+        encoded: list[Any] | None = None,
+        with_text: bool = True,
+        key: Callable[[Document], str] = document_key,
+    ) -> list[list[Document]]:
+        """Enough first-stage chunks per query that they cover ``depth`` distinct documents (or
+        the whole index): evaluation scores documents, and one document can have many chunks.
+        A query short of documents is asked again with twice as many chunks."""
+        encoded = encoded if encoded is not None else self.encode(queries)
+        size = max(arm.size() for arm in self.arms)
+        if size == 0:
+            return [[] for _ in queries]
+        n = min(size, depth)
+        results: list[list[Document]] = [[] for _ in queries]
+        pending = list(range(len(queries)))
+        while pending:
+            part_encoded = [vectors[pending] if vectors is not None else None for vectors in encoded]
+            found = self.first_stage([queries[i] for i in pending], n, encoded=part_encoded, with_text=with_text)
+            short = []
+            for index, documents in zip(pending, found):
+                results[index] = documents
+                if len({key(d) for d in documents}) < depth and n < size:
+                    short.append(index)
+            pending, n = short, min(size, n * 2)
+        return results
+
+    def rerank(self, query: str, candidates: Sequence[Document], top_n: int | None) -> list[Document]:
+        """The candidates by the cross-encoder's score, best first, cut to ``top_n``."""
+        if self.reranker is None:
+            return list(candidates[:top_n] if top_n is not None else candidates)
+        ranked = self.reranker.rank(query, candidates)
+        return ranked[:top_n] if top_n is not None else ranked
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[Document]]:
+        if self.reranker is None:
+            return self.first_stage(queries, k)
+        candidates = self.first_stage(queries, max(self.fetch_k, k))
+        return [self.rerank(query, found, k) for query, found in zip(queries, candidates)]
