@@ -13,7 +13,7 @@ Vectors are ``numpy`` float32 arrays, one row per text. A search returns, per qu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ContextManager, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from langchain_core.documents import Document
@@ -81,6 +81,11 @@ class VectorIndex(Protocol):
 
     def check(self) -> None:
         """Open the index now; raise ``IndexMismatchError`` when it was built with another setup."""
+        ...
+
+    def writing(self) -> ContextManager[None]:
+        """Held around a write session (under the write lock): the index's view stays this
+        process's own; readers refresh theirs when another process has written."""
         ...
 
     def clear(self) -> None:

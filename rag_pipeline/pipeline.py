@@ -80,6 +80,7 @@ class Pipeline:
     def _serve_active_collection(self, store: Any) -> None:
         logical = store.config.collection
         store.resolve_collection = lambda: self.state.active_collection(logical)
+        store.change_token = self.state.change_token
         store.use_collection(store.resolve_collection())
 
     # -- stages ------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         store = self.store
-        with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record:
+        with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record, store.writing():
             prepare_ingest(record, store, store.config.collection)
             report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
         report.seconds = time.perf_counter() - started
@@ -176,8 +177,10 @@ class Pipeline:
             new = begin_reindex(record, store, logical)
             building = lookup("vectorstore", store.config.type).builder(store.config, self.embeddings)
             building.use_collection(new)
-            report = self._indexer(building, record, "full", show_progress).sync()
-            finish_reindex(record, store, logical, new)
+            with building.writing():
+                report = self._indexer(building, record, "full", show_progress).sync()
+            with store.writing():
+                finish_reindex(record, store, logical, new)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -191,9 +194,10 @@ class Pipeline:
         if show_progress is None:
             show_progress = self.embeddings.config.show_progress
         report = IngestReport(chunks=len(chunks), collection=self.store.collection_name)
-        write_chunks(
-            self.store, self.embeddings, lambda: self.embedding_cache, chunks, report, show_progress=show_progress
-        )
+        with self.store.writing():
+            write_chunks(
+                self.store, self.embeddings, lambda: self.embedding_cache, chunks, report, show_progress=show_progress
+            )
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.collection_count = self.store.count()
         return report

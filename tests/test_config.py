@@ -110,6 +110,25 @@ def test_relative_model_folders_resolve_against_the_config_folder(tmp_path):
 
 
 
+def test_relative_model_folders_without_dot_slash_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    """Issue 7, item 19: ``models/x`` is the folder beside the config when it exists there, even
+    when the working directory is elsewhere; a path that cannot be a hub id always is."""
+    (tmp_path / "conf" / "models" / "bge-small-en-v1.5").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config_file = tmp_path / "conf" / "pipeline.yaml"
+    config_file.write_text(
+        "loader: {path: .}\nembeddings: {model: models/bge-small-en-v1.5}\nreranker: {model: weights/deep/reranker}\n"
+    )
+    config = load_config(config_file)
+    assert config.embeddings.model == str(tmp_path / "conf" / "models" / "bge-small-en-v1.5")
+    assert config.reranker.model == str(tmp_path / "conf" / "weights" / "deep" / "reranker")
+    # an org/name with no such folder beside the config stays a hub id
+    (tmp_path / "conf" / "hub.yaml").write_text("loader: {path: .}\nembeddings: {model: BAAI/bge-small-en-v1.5}\n")
+    assert load_config(tmp_path / "conf" / "hub.yaml").embeddings.model == "BAAI/bge-small-en-v1.5"
+
+
 def test_k_above_fetch_k_is_allowed_and_fetch_k_follows(tmp_path, small_corpus, tiny_bge_dir, tiny_reranker_dir):
     from rag_pipeline import Pipeline
 

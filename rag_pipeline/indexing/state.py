@@ -74,6 +74,18 @@ class IndexState:
             if record is not self._memory_record:
                 record.close()
 
+    def change_token(self) -> tuple[int, int, int] | None:
+        """Changes whenever an ingest or reindex commits (the record's inode, size and mtime): what
+        a long-lived reader checks before each query to notice another process's writes."""
+        path = self.record_path
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def embedding_cache(self, identity: dict[str, Any]) -> EmbeddingCache | None:
         path = self.embedding_cache_path
         return EmbeddingCache(path, identity) if path is not None else None

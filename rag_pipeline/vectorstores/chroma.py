@@ -13,6 +13,7 @@ asks ``resolve_collection`` again when its collection disappears under it.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -57,6 +58,11 @@ class ChromaStore:
     ``collection_name`` is the physical collection to serve (default: ``vectorstore.collection``).
     ``resolve_collection``, when given, names the collection that serves now; it is asked again
     when the served one has disappeared (another process reindexed and dropped it).
+
+    ``change_token``, when given, returns something that changes whenever another process may have
+    written the index (the index record's stat). Chroma keeps one in-memory view of a persistent
+    folder per process and never sees another process's writes in it; a read that finds the token
+    changed opens a fresh view (and asks ``resolve_collection`` again) before it answers.
     """
 
     def __init__(
@@ -70,6 +76,9 @@ class ChromaStore:
         self.embeddings = embeddings
         self._collection_name = collection_name
         self.resolve_collection = resolve_collection
+        self.change_token: Callable[[], Any] | None = None
+        self._token: Any = None
+        self._writing = 0
         self._client = None
         self._collection = None
         self._vectorstore = None
@@ -100,6 +109,7 @@ class ChromaStore:
             from chromadb.config import Settings
 
             settings = Settings(anonymized_telemetry=False, allow_reset=False)
+            self._token = self.change_token() if self.change_token is not None else None
             if self.config.persist_directory is None:
                 self._client = chromadb.EphemeralClient(settings=settings)
             else:
@@ -255,11 +265,42 @@ class ChromaStore:
         return self.collection.count()
 
     # -- reads -----------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """While this process writes (holding the write lock), its own view is the current one:
+        no refresh mid-write, and what it committed does not count as another process's change."""
+        self.refresh_if_changed()  # start from what other processes wrote before the lock was ours
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            if self.change_token is not None and self._client is not None:
+                self._token = self.change_token()
+
+    def refresh_if_changed(self) -> bool:
+        """Open a fresh view of the folder if another process changed the index since ours was
+        opened (see the class docstring); returns whether it did."""
+        if self._client is None or self.change_token is None or self.config.persist_directory is None:
+            return False
+        if self._writing:
+            return False
+        if self.change_token() == self._token:
+            return False
+        _forget_process_view(self._client)
+        self._client = None
+        if self.resolve_collection is not None:
+            self.use_collection(self.resolve_collection())
+        else:
+            self.use_collection(self.collection_name)
+        return True
+
     def _read(self, operation: Callable[[Any], Any]) -> Any:
-        """Run a read; if the collection was dropped under us (a reindex in another process), serve
-        the one that replaced it."""
+        """Run a read on an up-to-date view; if the collection was dropped under us (a reindex in
+        another process), serve the one that replaced it."""
         from chromadb.errors import NotFoundError
 
+        self.refresh_if_changed()
         try:
             return operation(self.collection)
         except NotFoundError:
@@ -343,6 +384,23 @@ class ChromaStore:
     def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
         """Top-k chunks for a query text (embedded with the query instruction)."""
         return self.search_batch(np.asarray([self.embeddings.embed_query(query)]), k, where)[0]
+
+
+def _forget_process_view(client) -> None:
+    """Make the next client on this folder load it afresh from disk.
+
+    chromadb caches one ``System`` per folder and process (``SharedSystemClient``); its HNSW index
+    is loaded once and misses what other processes wrote since. Dropping it from the cache (not
+    stopping it: other clients in this process may still use it) makes the next client read the
+    folder's current state, including the write-ahead log. This uses chromadb's internal cache:
+    if a later chromadb moves it, the refresh degrades to a no-op and readers see the old view.
+    """
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient._identifier_to_system.pop(client._identifier, None)
+    except (ImportError, AttributeError):  # pragma: no cover - depends on chromadb internals
+        pass
 
 
 def _collection_space(collection) -> str | None:
