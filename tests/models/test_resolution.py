@@ -1,6 +1,7 @@
 """Where a model comes from: folders, packages, hub ids, and Hugging Face cache snapshots."""
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,3 +93,29 @@ def test_a_folder_that_only_looks_like_a_snapshot_is_a_plain_folder(tmp_path, ti
     shutil.copytree(tiny_bge_dir, not_a_commit)
     resolved = resolve_model(str(not_a_commit))
     assert (resolved.model_id, resolved.revision) == ("latest", None)
+
+
+def test_a_hub_model_to_download_is_pinned_to_the_commit_the_hub_serves(tmp_path, monkeypatch):
+    """Not in the cache, hub reachable: the identity is repo@commit, and the download is of that commit."""
+    import huggingface_hub
+    import sentence_transformers
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, timeout: SimpleNamespace(sha=COMMIT))
+    loads = []
+
+    class RecordingSentenceTransformer:
+        def __init__(self, source, **kwargs):
+            loads.append((source, kwargs["revision"], kwargs["local_files_only"]))
+
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", RecordingSentenceTransformer)
+    embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model="BAAI/bge-small-en-v1.5", device="cpu"))
+    assert (embeddings.resolved.path, embeddings.resolved.revision) == (None, COMMIT)
+    assert embeddings.identity == f"BAAI/bge-small-en-v1.5@{COMMIT}"
+    embeddings.warm_up()
+    assert loads == [("BAAI/bge-small-en-v1.5", COMMIT, False)]
