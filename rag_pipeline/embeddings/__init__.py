@@ -1,6 +1,5 @@
-"""Embedding models (LangChain ``Embeddings``)."""
+"""Embedding models (LangChain ``Embeddings``). Model resolution and loading live in :mod:`rag_pipeline.models`."""
 
 from .bge import BgeEmbeddings, BgeEmbeddingsConfig
-from .models import BGE_EN_INSTRUCTION, default_query_instruction, resolve_model
 
-__all__ = ["BGE_EN_INSTRUCTION", "BgeEmbeddings", "BgeEmbeddingsConfig", "default_query_instruction", "resolve_model"]
+__all__ = ["BgeEmbeddings", "BgeEmbeddingsConfig"]

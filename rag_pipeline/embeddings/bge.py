@@ -16,10 +16,18 @@ from langchain_core.embeddings import Embeddings
 from pydantic import Field
 
 from ..stage_config import ConfigPath, ModelReference, StageConfig
-from ..errors import ModelNotAvailableError, first_line
+from ..models import (
+    DType,
+    Precision,
+    ResolvedModel,
+    default_query_instruction,
+    load_bi_encoder,
+    load_tokenizer,
+    model_identity,
+    resolve_model,
+    resolve_precision,
+)
 from ..registry import register
-from .devices import DType, resolve_device, resolve_dtype
-from .models import ResolvedModel, default_query_instruction, remedy_for, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +59,22 @@ class BgeEmbeddingsConfig(StageConfig):
 
 
 class BgeEmbeddings(Embeddings):
-    """LangChain embeddings on a sentence-transformers model; the model loads on first use."""
+    """LangChain embeddings on a sentence-transformers model; the model loads on first use
+    (or at :meth:`warm_up`), the tokenizer alone when only tokens are counted."""
 
     def __init__(self, config: BgeEmbeddingsConfig | None = None, **kwargs: Any):
         self.config = config if config is not None else BgeEmbeddingsConfig(**kwargs)
         self._resolved: ResolvedModel | None = None
+        self._identity: str | None = None
+        self._precision: Precision | None = None
         self._model = None
+        self._tokenizer = None
 
     # -- what the model is -------------------------------------------------------------------
     @property
     def resolved(self) -> ResolvedModel:
         if self._resolved is None:
-            self._resolved = resolve_model(self.config.model)
+            self._resolved = resolve_model(self.config.model, cache_folder=self._cache_folder)
         return self._resolved
 
     @property
@@ -70,46 +82,47 @@ class BgeEmbeddings(Embeddings):
         return self.resolved.model_id
 
     @property
+    def identity(self) -> str:
+        """The model's files, not its folder's name: ``ORG/NAME@commit`` or ``sha256:…``."""
+        if self._identity is None:
+            self._identity = model_identity(self.resolved)
+        return self._identity
+
+    @property
+    def precision(self) -> Precision:
+        """Device and dtype as the config decides them (fp16 only on a GPU)."""
+        if self._precision is None:
+            self._precision = resolve_precision(self.config.device, self.config.dtype, "embeddings")
+        return self._precision
+
+    @property
     def query_instruction(self) -> str:
         if self.config.query_instruction is not None:
             return self.config.query_instruction
         return default_query_instruction(self.model_id)
 
-    def warm_up(self) -> None:
-        """Load the model now (it otherwise loads on first use)."""
-        self.client
+    @property
+    def _cache_folder(self) -> str | None:
+        return str(self.config.cache_folder) if self.config.cache_folder else None
 
     @property
     def client(self):
-        """The loaded ``SentenceTransformer`` (loaded once, on first use)."""
+        """The loaded ``SentenceTransformer`` (loaded once per process, on first use)."""
         if self._model is None:
-            self._model = self._load()
+            self._model = load_bi_encoder(
+                self.resolved,
+                self.precision,
+                identity=self.identity,
+                max_seq_length=self.config.max_seq_length,
+                trust_remote_code=self.config.trust_remote_code,
+                cache_folder=self._cache_folder,
+            )
         return self._model
 
-    def _load(self):
-        from sentence_transformers import SentenceTransformer
-
-        resolved = self.resolved
-        device = resolve_device(self.config.device)
-        dtype = resolve_dtype(self.config.dtype, device, "embeddings")
-        try:
-            model = SentenceTransformer(
-                resolved.path or resolved.model_id,
-                device=device,
-                trust_remote_code=self.config.trust_remote_code,
-                local_files_only=resolved.local_files_only,
-                cache_folder=str(self.config.cache_folder) if self.config.cache_folder else None,
-                model_kwargs={"dtype": dtype},
-            )
-        except OSError as exc:
-            raise ModelNotAvailableError(
-                f"embeddings.model: cannot load {self.config.model!r} ({first_line(exc, limit=200)}); "
-                + remedy_for(resolved.model_id)
-            ) from None
-        if self.config.max_seq_length is not None:
-            model.max_seq_length = self.config.max_seq_length
-        model.eval()
-        return model
+    def warm_up(self) -> "BgeEmbeddings":
+        """Load the model now (it otherwise loads at the first embedding)."""
+        self.client
+        return self
 
     @property
     def dimension(self) -> int:
@@ -120,11 +133,25 @@ class BgeEmbeddings(Embeddings):
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.client.max_seq_length)
+        """The model's token limit; read from its tokenizer, so it needs no weights."""
+        if self._model is not None:
+            return int(self._model.max_seq_length)
+        return int(self.tokenizer.model_max_length)
 
     @property
     def tokenizer(self):
-        return self.client.tokenizer
+        """The model's tokenizer, loaded on its own when the model is not loaded."""
+        if self._tokenizer is None:
+            if self._model is None:
+                self._tokenizer = load_tokenizer(
+                    self.resolved,
+                    identity=self.identity,
+                    max_seq_length=self.config.max_seq_length,
+                    trust_remote_code=self.config.trust_remote_code,
+                )
+            if self._tokenizer is None:
+                self._tokenizer = self.client.tokenizer
+        return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts including the special tokens, as the model will see them (untruncated)."""
@@ -135,9 +162,10 @@ class BgeEmbeddings(Embeddings):
         """What makes two indexes' vectors comparable; stored with each collection.
 
         ``load_model=False`` leaves out the dimension unless the model is already loaded: enough to
-        check an existing index (the dimension follows from the model) without a model load.
+        check an existing index (the dimension follows from the model and its identity) without a
+        model load.
         """
-        fingerprint: dict[str, Any] = {"model": self.model_id}
+        fingerprint: dict[str, Any] = {"model": self.model_id, "identity": self.identity}
         if load_model or self._model is not None:
             fingerprint["dimension"] = self.dimension
         fingerprint["normalize"] = self.config.normalize
@@ -147,11 +175,12 @@ class BgeEmbeddings(Embeddings):
     def cache_identity(self) -> dict[str, Any]:
         """What decides a passage's vector: the fingerprint plus the settings that change vectors
         without making them incomparable (truncation length, precision). The embedding cache is
-        keyed by this, so an A/B of ``max_seq_length`` or ``dtype`` never reuses the other's vectors."""
+        keyed by this, so an A/B of ``max_seq_length`` or ``dtype`` never reuses the other's vectors.
+        The dtype is the configured one, not read back from weights (an ONNX or int8 backend has none)."""
         return {
             **self.fingerprint(),
             "max_seq_length": self.max_seq_length,
-            "dtype": str(next(self.client.parameters()).dtype).removeprefix("torch."),
+            "dtype": self.precision.dtype,
         }
 
     # -- the LangChain Embeddings interface -----------------------------------------------------

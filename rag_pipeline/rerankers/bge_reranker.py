@@ -15,9 +15,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from ..stage_config import ModelReference, StageConfig
-from ..embeddings.devices import DType, resolve_device, resolve_dtype
-from ..embeddings.models import remedy_for, resolve_model
-from ..errors import ModelNotAvailableError, first_line
+from ..models import DType, Precision, ResolvedModel, load_cross_encoder, model_identity, resolve_model, resolve_precision
 from ..registry import register
 
 
@@ -54,39 +52,47 @@ class BgeReranker(BaseDocumentCompressor):
     dtype: DType = "auto"
     trust_remote_code: bool = False
     # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
-    # share it, so the model loads once however many retrievers use it.
-    _loaded: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # share it, so they resolve and hash the model once; the loader shares the model itself with
+    # every other reranker on the same files in this process. Entries are keyed by the fields they
+    # depend on, so a copy with another model or max_length does not reuse the original's.
+    _loaded: dict[tuple, Any] = PrivateAttr(default_factory=dict)
 
-    def warm_up(self) -> None:
-        """Load the model now (it otherwise loads on the first query)."""
-        self.cross_encoder
+    @property
+    def resolved(self) -> ResolvedModel:
+        key = ("resolved", self.model)
+        if key not in self._loaded:
+            self._loaded[key] = resolve_model(self.model, what="reranker.model")
+        return self._loaded[key]
+
+    @property
+    def identity(self) -> str:
+        """The model's files, not its folder's name: ``ORG/NAME@commit`` or ``sha256:…``."""
+        key = ("identity", self.model)
+        if key not in self._loaded:
+            self._loaded[key] = model_identity(self.resolved)
+        return self._loaded[key]
+
+    @property
+    def precision(self) -> Precision:
+        return resolve_precision(self.device, self.dtype, "reranker")
 
     @property
     def cross_encoder(self):
-        if "model" not in self._loaded:
-            self._loaded["model"] = self._load()
-        return self._loaded["model"]
-
-    def _load(self):
-        from sentence_transformers import CrossEncoder
-
-        resolved = resolve_model(self.model, what="reranker.model")
-        device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype, device, "reranker")
-        try:
-            return CrossEncoder(
-                resolved.path or resolved.model_id,
-                device=device,
+        key = ("model", self.model, self.device, self.dtype, self.max_length, self.trust_remote_code)
+        if key not in self._loaded:
+            self._loaded[key] = load_cross_encoder(
+                self.resolved,
+                self.precision,
+                identity=self.identity,
                 max_length=self.max_length,
                 trust_remote_code=self.trust_remote_code,
-                local_files_only=resolved.local_files_only,
-                model_kwargs={"dtype": dtype},
             )
-        except OSError as exc:
-            raise ModelNotAvailableError(
-                f"reranker.model: cannot load {self.model!r} ({first_line(exc, limit=200)}); "
-                + remedy_for(resolved.model_id)
-            ) from None
+        return self._loaded[key]
+
+    def warm_up(self) -> "BgeReranker":
+        """Load the model now (it otherwise loads at the first reranking)."""
+        self.cross_encoder
+        return self
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Relevance of each passage to the query: raw logits, or sigmoid(logit) with ``normalize``."""

@@ -13,6 +13,7 @@ asks ``resolve_collection`` again when its collection disappears under it.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -26,6 +27,7 @@ from ..errors import ConfigError, IndexMismatchError, first_line
 from ..registry import register
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
+logger = logging.getLogger(__name__)
 
 
 def build_chroma_store(config: "ChromaStoreConfig", embeddings) -> "ChromaStore":
@@ -168,6 +170,8 @@ class ChromaStore:
         # Checked without loading the model when it is not loaded yet: the dimension follows from
         # the model, so opening an index to find nothing changed costs no model load.
         expected = self.embeddings.fingerprint(load_model=False)
+        if "identity" not in stored and "identity" in expected:
+            stored = self._adopt_legacy_fingerprint(collection, stored, expected)
         if any(stored.get(key) != value for key, value in expected.items()):
             differences = ", ".join(
                 f"{key}: index has {stored.get(key)!r}, config gives {expected.get(key)!r}"
@@ -181,6 +185,23 @@ class ChromaStore:
                 "or set vectorstore.collection to a new name"
             )
         return collection
+
+    def _adopt_legacy_fingerprint(self, collection, stored: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+        """An index from before model identities were recorded names its model but not the hash of
+        its weights. When everything it does record matches, the configured model's identity is
+        written in (with a warning: it cannot be checked); anything else is refused as usual."""
+        if any(stored.get(key) != value for key, value in expected.items() if key != "identity"):
+            return stored
+        logger.warning(
+            "collection %r records no model identity (built by an older rag-pipeline); assuming it was built "
+            "with the configured %r and recording its identity. If the weights changed since, run "
+            "`rag-pipeline reindex CONFIG`", self.collection_name, stored.get("model"),
+        )
+        adopted = {**stored, "identity": expected["identity"]}
+        metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: _fingerprint_text(adopted)}
+        metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to modify it
+        collection.modify(metadata=metadata)
+        return adopted
 
     def _check_distance(self, collection) -> None:
         """A collection's distance is fixed when it is created; a config that says another one would

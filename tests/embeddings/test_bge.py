@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rag_pipeline import ConfigError, ModelNotAvailableError
-from rag_pipeline.embeddings import BGE_EN_INSTRUCTION, BgeEmbeddings, BgeEmbeddingsConfig, default_query_instruction
+from rag_pipeline.embeddings import BgeEmbeddings, BgeEmbeddingsConfig
+from rag_pipeline.models import BGE_EN_INSTRUCTION, default_query_instruction
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +89,16 @@ def test_fp16_is_never_used_on_cpu(tiny_bge_dir, dtype):
     assert parameter_dtypes == {torch.float32}
 
 
-def test_fingerprint_names_model_dimension_normalisation_and_instruction(tiny):
+def test_fingerprint_names_model_identity_dimension_normalisation_and_instruction(tiny):
     fingerprint = tiny.fingerprint()
     assert fingerprint == {
         "model": "bge-tiny-en-v1.5",
+        "identity": tiny.identity,
         "dimension": 32,
         "normalize": True,
         "query_instruction": BGE_EN_INSTRUCTION,
     }
+    assert tiny.identity.startswith("sha256:")
 
 
 def test_packaged_minilm_resolves_offline():

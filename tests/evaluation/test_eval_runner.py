@@ -146,3 +146,12 @@ def test_another_model_rebuilds_the_eval_collection(tmp_path, dataset, tiny_bge_
     evaluate(_config(tmp_path, tiny_bge_dir), dataset, show_progress=False)
     other = evaluate(_config(tmp_path, tiny_bge_other_dir), dataset, show_progress=False)
     assert other.timings["index"]["embedded"] == 8  # not refused, and no vectors of the first model mixed in
+
+
+def test_other_weights_in_a_folder_of_the_same_name_are_evaluated_on_their_own_vectors(
+    tmp_path, dataset, tiny_bge_dir, tiny_bge_same_name_dir
+):
+    first = evaluate(_config(tmp_path, tiny_bge_dir), dataset, show_progress=False)
+    other = evaluate(_config(tmp_path, tiny_bge_same_name_dir), dataset, show_progress=False)
+    assert other.timings["index"]["embedded"] == 8  # neither the first model's collection nor its cache
+    assert other.runs["first_stage"] != first.runs["first_stage"]

@@ -32,11 +32,36 @@ def test_fingerprint_guard_refuses_another_model(small_corpus, tmp_path, tiny_bg
         other.ingest()
     message = str(error.value)
     assert "index has 'bge-tiny-en-v1.5', config gives 'bge-other-en-v1.5'" in message
+    assert "identity: index has 'sha256:" in message  # the weights differ, not only the names
     assert "vectorstore.collection" in message  # the fix
     with pytest.raises(IndexMismatchError):
         other.query("bees")
     # A new collection name is the remedy, and it works.
     assert _pipe(small_corpus, tmp_path / "index", tiny_bge_other_dir, **{"vectorstore.collection": "other"}).ingest().added == 3
+
+
+def test_fingerprint_guard_refuses_other_weights_in_a_folder_of_the_same_name(
+    small_corpus, tmp_path, tiny_bge_dir, tiny_bge_same_name_dir
+):
+    """a/bge-tiny-en-v1.5 and b/bge-tiny-en-v1.5: same name, other weights, never one collection."""
+    assert tiny_bge_dir.name == tiny_bge_same_name_dir.name
+    _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    other = _pipe(small_corpus, tmp_path / "index", tiny_bge_same_name_dir)
+    with pytest.raises(IndexMismatchError, match=r"identity: index has 'sha256:\w+', config gives 'sha256:\w+'"):
+        other.ingest()
+    with pytest.raises(IndexMismatchError):
+        other.query("bees")
+
+
+def test_embedding_cache_never_returns_another_models_vectors(small_corpus, tmp_path, tiny_bge_dir, tiny_bge_same_name_dir):
+    _pipe(small_corpus, tmp_path / "index", tiny_bge_dir).ingest()
+    other = _pipe(small_corpus, tmp_path / "index", tiny_bge_same_name_dir, **{"vectorstore.collection": "other"})
+    report = other.ingest()
+    assert report.embedded == 3  # nothing taken from the first model's cached vectors
+    stored = other.store.collection.get(include=["embeddings", "documents"])
+    np.testing.assert_allclose(
+        np.asarray(stored["embeddings"]), np.array(other.embeddings.embed_documents(stored["documents"])), atol=1e-6
+    )
 
 
 def test_fingerprint_guard_refuses_another_instruction(small_corpus, tmp_path, tiny_bge_dir):

@@ -1,0 +1,31 @@
+"""Models in their own room: where a model comes from, what it is, on which device and in which
+precision it runs, and one shared loader. A low layer: it imports ``rag_pipeline.errors`` and
+third-party libraries only, never config, registry or the stages that use it."""
+
+from .identity import model_identity
+from .loading import load_bi_encoder, load_cross_encoder, load_tokenizer
+from .precision import DType, Precision, resolve_precision
+from .resolution import (
+    BGE_EN_INSTRUCTION,
+    BGE_ZH_INSTRUCTION,
+    ResolvedModel,
+    default_query_instruction,
+    remedy_for,
+    resolve_model,
+)
+
+__all__ = [
+    "BGE_EN_INSTRUCTION",
+    "BGE_ZH_INSTRUCTION",
+    "DType",
+    "Precision",
+    "ResolvedModel",
+    "default_query_instruction",
+    "load_bi_encoder",
+    "load_cross_encoder",
+    "load_tokenizer",
+    "model_identity",
+    "remedy_for",
+    "resolve_model",
+    "resolve_precision",
+]

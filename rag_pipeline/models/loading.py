@@ -1,0 +1,261 @@
+"""One loader for sentence-transformers models, and one loaded copy of each per process.
+
+The embedder, the reranker (and BGE-M3 after them) load through here. Handles are shared by a key
+of everything that makes two loads differ — kind, source, commit, identity, device, dtype,
+length limit, remote code, cache folder — so building a stage twice (a second ``Pipeline`` in a
+notebook, ``eval`` after ``query``) does not load the model twice. The cache holds handles weakly:
+a model nobody uses any more is freed, not kept for the life of the process.
+
+``load_tokenizer`` loads the tokenizer alone, set up as sentence-transformers sets up the one inside
+the model (same length limit, same lower-casing), so counting tokens and chunking by tokens do not
+load the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from ..errors import ModelNotAvailableError, first_line
+from .precision import Precision
+from .resolution import ResolvedModel, remedy_for
+
+logger = logging.getLogger(__name__)
+
+# sentence-transformers reads the first of these it finds beside a Transformer module.
+_MODULE_CONFIG_FILES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+
+
+@dataclass(frozen=True)
+class HandleKey:
+    kind: Literal["bi-encoder", "cross-encoder", "tokenizer"]
+    source: str  # local folder or hub id
+    revision: str | None
+    identity: str
+    device: str | None
+    dtype: str | None
+    max_length: int | None
+    trust_remote_code: bool
+    cache_folder: str | None
+
+
+_handles: "weakref.WeakValueDictionary[HandleKey, Any]" = weakref.WeakValueDictionary()
+_handles_lock = threading.Lock()
+
+
+def _shared(key: HandleKey, load: Callable[[], Any]) -> Any:
+    # One lock for all loads: two threads asking for the same model must not load it twice, and
+    # loads are rare enough that serialising different models costs nothing that matters.
+    with _handles_lock:
+        handle = _handles.get(key)
+        if handle is None:
+            handle = load()
+            _handles[key] = handle
+        return handle
+
+
+def loaded_handle_count() -> int:
+    """How many models and tokenizers this process holds (for tests and diagnostics)."""
+    return len(_handles)
+
+
+def _not_available(what: str, resolved: ResolvedModel, exc: Exception) -> ModelNotAvailableError:
+    if resolved.path is not None and resolved.revision is None:
+        remedy = f"{resolved.path} must hold a complete model (config.json, tokenizer and weights)"
+    else:
+        remedy = remedy_for(resolved.model_id)
+    return ModelNotAvailableError(f"{what}: cannot load {resolved.reference!r} ({first_line(exc, limit=200)}); {remedy}")
+
+
+def _source(resolved: ResolvedModel) -> tuple[str, str | None]:
+    """What to hand the library: the local folder, or the hub id pinned to the resolved commit."""
+    if resolved.path is not None:
+        return resolved.path, None
+    return resolved.model_id, resolved.revision
+
+
+def load_bi_encoder(
+    resolved: ResolvedModel,
+    precision: Precision,
+    *,
+    identity: str,
+    max_seq_length: int | None = None,
+    trust_remote_code: bool = False,
+    cache_folder: str | None = None,
+    what: str = "embeddings.model",
+):
+    """A ``SentenceTransformer`` in eval mode, shared with every caller that asks for the same."""
+    source, revision = _source(resolved)
+    key = HandleKey(
+        "bi-encoder", source, revision, identity, precision.device, precision.dtype, max_seq_length,
+        trust_remote_code, cache_folder,
+    )
+
+    def load():
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(
+                source,
+                device=precision.device,
+                trust_remote_code=trust_remote_code,
+                local_files_only=resolved.local_files_only,
+                cache_folder=cache_folder,
+                revision=revision,
+                model_kwargs={"dtype": precision.torch_dtype},
+            )
+        except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
+            raise _not_available(what, resolved, exc) from None
+        if max_seq_length is not None:
+            model.max_seq_length = max_seq_length
+        model.eval()
+        return model
+
+    return _shared(key, load)
+
+
+def load_cross_encoder(
+    resolved: ResolvedModel,
+    precision: Precision,
+    *,
+    identity: str,
+    max_length: int,
+    trust_remote_code: bool = False,
+    cache_folder: str | None = None,
+    what: str = "reranker.model",
+):
+    """A sentence-transformers ``CrossEncoder``, shared like :func:`load_bi_encoder`."""
+    source, revision = _source(resolved)
+    key = HandleKey(
+        "cross-encoder", source, revision, identity, precision.device, precision.dtype, max_length,
+        trust_remote_code, cache_folder,
+    )
+
+    def load():
+        from sentence_transformers import CrossEncoder
+
+        try:
+            return CrossEncoder(
+                source,
+                device=precision.device,
+                max_length=max_length,
+                trust_remote_code=trust_remote_code,
+                local_files_only=resolved.local_files_only,
+                cache_folder=cache_folder,
+                revision=revision,
+                model_kwargs={"dtype": precision.torch_dtype},
+            )
+        except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
+            raise _not_available(what, resolved, exc) from None
+
+    return _shared(key, load)
+
+
+def load_tokenizer(
+    resolved: ResolvedModel,
+    *,
+    identity: str,
+    max_seq_length: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """The tokenizer of a bi-encoder in a local folder, without its weights; None when that cannot
+    be done faithfully (a hub model still to download, a model with no Transformer module), in
+    which case the caller loads the model and takes its tokenizer."""
+    if resolved.path is None:
+        return None
+    module_dir = _transformer_module_dir(Path(resolved.path))
+    if module_dir is None:
+        return None
+    key = HandleKey("tokenizer", resolved.path, resolved.revision, identity, None, None, max_seq_length, trust_remote_code, None)
+    try:
+        return _shared(key, lambda: _build_tokenizer(module_dir, max_seq_length, trust_remote_code))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.debug("tokenizer of %s not loadable on its own (%s); loading the model", resolved.path, exc)
+        return None
+
+
+def _transformer_module_dir(folder: Path) -> Path | None:
+    """Where the Transformer module of a sentence-transformers folder keeps its tokenizer."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        # A plain transformers folder: sentence-transformers wraps it in a Transformer at its root.
+        return folder if (folder / "config.json").is_file() else None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for module in modules:
+        if str(module.get("type", "")).rsplit(".", 1)[-1] == "Transformer":
+            return folder / module.get("path", "")
+    return None
+
+
+def _module_settings(module_dir: Path) -> dict[str, Any]:
+    for name in _MODULE_CONFIG_FILES:
+        path = module_dir / name
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    return {}
+
+
+def _build_tokenizer(module_dir: Path, max_seq_length: int | None, trust_remote_code: bool):
+    """Mirrors what ``sentence_transformers``' Transformer module does to its tokenizer on load
+    (a test compares the two on every model shape the suite has)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    settings = _module_settings(module_dir)
+    if settings.get("tokenizer_name_or_path"):
+        raise ValueError("the tokenizer lives elsewhere")  # rare; the model's own load handles it
+    tokenizer_kwargs = dict(settings.get("processor_kwargs") or settings.get("tokenizer_args") or {})
+    tokenizer_kwargs.pop("trust_remote_code", None)  # a model's files never switch remote code on
+    saved_limit = settings.get("max_seq_length")
+    if saved_limit is not None and "model_max_length" not in tokenizer_kwargs:
+        tokenizer_kwargs["model_max_length"] = saved_limit
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(module_dir), trust_remote_code=trust_remote_code, local_files_only=True, **tokenizer_kwargs
+    )
+    if "model_max_length" not in tokenizer_kwargs:
+        config = AutoConfig.from_pretrained(str(module_dir), trust_remote_code=trust_remote_code, local_files_only=True)
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions is not None and positions != -1:
+            tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+    if settings.get("do_lower_case"):
+        _lower_case(tokenizer)
+    if max_seq_length is not None:  # the config's limit, set on the loaded model the same way
+        tokenizer.model_max_length = max_seq_length
+    return tokenizer
+
+
+def _lower_case(tokenizer) -> None:
+    if not tokenizer.is_fast:
+        try:
+            tokenizer.do_lower_case = True
+        except AttributeError:
+            tokenizer.basic_tokenizer.do_lower_case = True
+        return
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    if isinstance(normalizer, Lowercase) or (
+        isinstance(normalizer, Sequence) and any(isinstance(n, Lowercase) for n in normalizer)
+    ):
+        return
+    steps = [Lowercase()]
+    if isinstance(normalizer, Sequence):
+        steps += list(normalizer)
+    elif normalizer is not None:
+        steps.append(normalizer)
+    tokenizer.backend_tokenizer.normalizer = Sequence(steps)
