@@ -138,7 +138,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         store = self.store
-        with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record, store.writing():
+        with self.state.lock(self.config.ingest.lock_timeout), store.writing(), self.state.record() as record:
             prepare_ingest(record, store, store.config.collection)
             report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
         report.seconds = time.perf_counter() - started
