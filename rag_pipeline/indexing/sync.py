@@ -224,7 +224,6 @@ class _FileInProgress:
     chunks: int = 0  # chunks its documents gave (the same chunk twice counts twice, as in the record)
     documents: int = 0
     unwritten: int = 0  # of its chunks, those still waiting in the write buffer
-    read: bool = False  # read to the end and chunked
 
 
 class Indexer:
@@ -317,8 +316,8 @@ class Indexer:
 
     def _index_files(self, plan: SyncPlan, report: IngestReport) -> None:
         """Read each file document by document, and write its chunks in bounded batches as they
-        come (across files and within one): memory holds one write batch and one document's
-        chunks, whatever the file's size."""
+        come (across files and within one): memory holds one write batch, one document's chunks
+        and the ids of the files not yet recorded, whatever the files' sizes."""
         if not plan.todo:
             return
         self._buffer: list[tuple[Document, _FileInProgress]] = []
@@ -343,24 +342,30 @@ class Indexer:
         reported = 0
         failure: FileError | None = None
         has_no_text = False
-        try:
-            for document in self.loader.iter_file(path, warnings):
-                # Reported as they come, so that with on_error: fail nothing more is written.
-                reported = self._report_warnings(change.source, warnings, reported, report)
-                progress.documents += 1
-                self._add(self.chunker().split_documents([document]), progress, report)
-        except UnreadableFile as exc:
-            failure = FileError(change.source, str(exc))
-            # Read and judged to hold no text (empty, blank, no record, not text at all): what the
-            # file says now is that nothing of it is to be found.
-            has_no_text = progress.documents == 0
-        except OSError as exc:
-            # Not read (permission denied, an I/O error, gone meanwhile): that says nothing about
-            # what the file holds, which may well still be what was indexed, so its chunks stay.
-            failure = FileError(change.source, exc.strerror or str(exc))
-        else:
-            if progress.documents == 0:
-                failure, has_no_text = FileError(change.source, "no text found"), True
+        documents = self.loader.iter_file(path, warnings)
+        while True:
+            # Only the reading is guarded: an error while writing is the ingest's, not the file's.
+            try:
+                document = next(documents)
+            except StopIteration:
+                if progress.documents == 0:
+                    failure, has_no_text = FileError(change.source, "no text found"), True
+                break
+            except UnreadableFile as exc:
+                failure = FileError(change.source, str(exc))
+                # Read and judged to hold no text (empty, blank, no record, not text at all): the
+                # file now says that nothing of it is to be found.
+                has_no_text = progress.documents == 0
+                break
+            except OSError as exc:
+                # Not read (permission denied, an I/O error, gone meanwhile): that says nothing
+                # about what the file holds, which may well still be what was indexed: kept.
+                failure = FileError(change.source, exc.strerror or str(exc))
+                break
+            # Reported as they come, so that with on_error: fail nothing more is written.
+            reported = self._report_warnings(change.source, warnings, reported, report)
+            progress.documents += 1
+            self._add(self.chunker().split_documents([document]), progress, report)
         if failure is not None or st is None:
             self._abandon(progress, report)
             # cleanup: none keeps every old version, so also what an emptied file held.
@@ -371,7 +376,6 @@ class Indexer:
             self.loader.report(failure, report.errors)  # raises with loader.on_error: fail
         if failure is not None or st is None:
             return
-        progress.read = True
         self._awaiting.append(progress)
         crash_point("loading")
         self._record_written(report)
