@@ -12,11 +12,28 @@ Vectors are ``numpy`` float32 arrays, one row per text. A search returns, per qu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from langchain_core.documents import Document
+
+@dataclass(frozen=True)
+class FileError:
+    """A source that could not be read (or part of one, e.g. a JSONL line), with the reason.
+    Loaders return these as values: one bad file never stops an ingest."""
+
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+class UnreadableFile(Exception):
+    """A file as a whole cannot be read; ``str(exc)`` is the reason shown to the user."""
+
 
 Filter = Mapping[str, Any]
 """A metadata filter in Chroma's ``where`` syntax (``{"file_type": "pdf"}``, ``{"$and": [...]}``)."""

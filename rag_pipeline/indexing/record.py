@@ -8,9 +8,11 @@ One file, ``<persist_directory>/index_record.sqlite`` (in memory for an in-memor
   row is served by the collection of the same name, so indexes from before the record still open.
   ``dirty`` is set before an ingest first writes to the collection and cleared when it finishes:
   a dirty collection is one a crash left mid-way, and the next ingest reconciles it with Chroma.
-* ``files`` — per indexed file: size, mtime, sha256 of its bytes, the settings that shaped its
-  chunks, and when it was recorded. A file whose size and mtime match is skipped unread; one whose
-  stat changed but whose hash did not is skipped after hashing.
+* ``files`` — per indexed file: size, mtime, inode, ctime, sha256 of its bytes, the settings that
+  shaped its chunks, and when it was recorded. A file whose size, mtime, inode and ctime all match
+  is skipped unread; one whose stat changed but whose hash did not is skipped after hashing.
+  (Schema 1 had no inode and ctime: its rows are migrated with both unknown, so each file is
+  hashed once and its full stat remembered.)
 * ``chunks`` — each chunk id with the file it came from, so a changed file's old chunks and a
   deleted file's chunks can be removed by id.
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 RECORD_FILENAME = "index_record.sqlite"
 
 _SCHEMA = """
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS files (
     settings TEXT NOT NULL,
     chunks INTEGER NOT NULL,
     recorded_ns INTEGER NOT NULL,
+    inode INTEGER,
+    ctime_ns INTEGER,
     PRIMARY KEY (collection, source)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
@@ -57,6 +61,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (collection, source);
 """
+
+# Columns added after schema 1, with how an older record file gains them. NULL means "not known":
+# the file is hashed once rather than trusted on size and mtime alone.
+_ADDED_FILE_COLUMNS = {"inode": "INTEGER", "ctime_ns": "INTEGER"}
 
 _PARAMETER_BATCH = 500  # stay under SQLite's bound-parameter limit
 
@@ -72,6 +80,8 @@ class FileRecord:
     settings: str
     chunks: int
     recorded_ns: int = 0
+    inode: int | None = None  # None: recorded before the record kept it (stat unknown, hash once)
+    ctime_ns: int | None = None
 
 
 def _batches(items: list, size: int = _PARAMETER_BATCH) -> Iterable[list]:
@@ -105,9 +115,26 @@ class IndexRecord:
         if not readonly:
             with self._connection:
                 self._connection.executescript(_SCHEMA)
-                self._connection.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                )
+            with self._connection:
+                # Under the write lock: two processes opening an old record migrate it once.
+                self._connection.execute("BEGIN IMMEDIATE")
+                self._migrate()
+        # A read-only reader of a record not migrated yet reads the added columns as unknown.
+        present = self._file_columns()
+        self._stat_columns = ", ".join(c if c in present else "NULL" for c in _ADDED_FILE_COLUMNS)
+
+    def _file_columns(self) -> set[str]:
+        return {row[1] for row in self._connection.execute("PRAGMA table_info(files)")}
+
+    def _migrate(self) -> None:
+        """Bring a record file written by an older version to this schema (inside the open transaction)."""
+        present = self._file_columns()
+        for column, kind in _ADDED_FILE_COLUMNS.items():
+            if column not in present:
+                self._connection.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
+        self._connection.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
 
     @classmethod
     def open_existing(cls, path: str | Path | None) -> "IndexRecord | None":
@@ -186,7 +213,8 @@ class IndexRecord:
     # -- files and chunks ------------------------------------------------------------------------
     def files(self, collection: str) -> dict[str, FileRecord]:
         rows = self._query(
-            "SELECT source, size, mtime_ns, sha256, settings, chunks, recorded_ns FROM files WHERE collection = ?",
+            f"SELECT source, size, mtime_ns, sha256, settings, chunks, recorded_ns, {self._stat_columns} "
+            "FROM files WHERE collection = ?",
             (collection,),
         )
         return {row[0]: FileRecord(*row) for row in rows}
@@ -233,17 +261,25 @@ class IndexRecord:
                 )
                 self._connection.execute(
                     "INSERT OR REPLACE INTO files (collection, source, size, mtime_ns, sha256, settings, chunks, "
-                    "recorded_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (collection, file.source, file.size, file.mtime_ns, file.sha256, file.settings, file.chunks, now),
+                    "recorded_ns, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        collection, file.source, file.size, file.mtime_ns, file.sha256, file.settings, file.chunks,
+                        now, file.inode, file.ctime_ns,
+                    ),
                 )
 
-    def update_stats(self, collection: str, stats: Iterable[tuple[str, int, int]]) -> None:
-        """Files whose stat changed but whose bytes did not: remember their new ``(source, size, mtime_ns)``."""
+    def update_stats(self, collection: str, stats: Iterable[tuple[str, int, int, int, int]]) -> None:
+        """Files whose stat changed but whose bytes did not: remember their new
+        ``(source, size, mtime_ns, inode, ctime_ns)``."""
         now = time.time_ns()
         with self._connection:
             self._connection.executemany(
-                "UPDATE files SET size = ?, mtime_ns = ?, recorded_ns = ? WHERE collection = ? AND source = ?",
-                [(size, mtime_ns, now, collection, source) for source, size, mtime_ns in stats],
+                "UPDATE files SET size = ?, mtime_ns = ?, inode = ?, ctime_ns = ?, recorded_ns = ? "
+                "WHERE collection = ? AND source = ?",
+                [
+                    (size, mtime_ns, inode, ctime_ns, now, collection, source)
+                    for source, size, mtime_ns, inode, ctime_ns in stats
+                ],
             )
 
     def remove_sources(self, collection: str, sources: Iterable[str]) -> None:

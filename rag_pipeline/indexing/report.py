@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..loaders.base import FileError
+from ..contracts import FileError
 from .record import FileRecord
 
 
@@ -17,8 +17,9 @@ class IngestReport:
     Files: ``files_added``/``files_updated`` were parsed and indexed, ``files_unchanged`` were skipped
     unread, ``files_removed`` had their chunks deleted. Chunks: ``chunks`` is what the sources hold
     now, of which ``added`` were written (``embedded`` through the model, the rest from the
-    embedding cache) and ``skipped`` were already indexed; ``deleted`` chunks were removed (old
-    versions of changed files, deleted files, leftovers of an interrupted run).
+    embedding cache; every chunk of a parsed file is written, so that changed metadata reaches the
+    index) and ``skipped`` were already indexed (unchanged files); ``deleted`` chunks were removed
+    (old versions of changed files, deleted or emptied files, leftovers of an interrupted run).
     ``errors`` holds each unreadable source with its reason.
     """
 
@@ -87,7 +88,8 @@ class SyncPlan:
     removed_chunks: int = 0
     interrupted: bool = False  # the last ingest did not finish; the next one reconciles the index
     todo: list[FileChange] = field(default_factory=list, repr=False)
-    restat: list[tuple[str, int, int]] = field(default_factory=list, repr=False)  # (source, size, mtime_ns)
+    # (source, size, mtime_ns, inode, ctime_ns) of files whose stat changed and bytes did not
+    restat: list[tuple[str, int, int, int, int]] = field(default_factory=list, repr=False)
 
     @property
     def files_seen(self) -> int:

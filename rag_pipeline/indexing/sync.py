@@ -1,26 +1,35 @@
 """Incremental, crash-safe ingest: decide per file what changed, then write it in an order that a
 kill at any instant cannot spoil.
 
-Deciding (``plan_sync``, also what ``ingest --dry-run`` prints): a file whose size and mtime match
-its record is unchanged and is not opened. One whose stat changed is hashed; same sha256, still
-unchanged (its new stat is remembered). A file whose record was made under other reader or chunker
-settings is re-chunked. Files in the record that the loader no longer finds are removed
-(``cleanup: full``) or kept.
+Deciding (``plan_sync``, also what ``ingest --dry-run`` prints): a file whose size, mtime, inode
+and ctime match its record is unchanged and is not opened. One whose stat changed is hashed; same
+sha256, still unchanged (its new stat is remembered). A file whose record was made under other
+reader or chunker settings is re-chunked. Files in the record that the loader no longer finds are
+removed (``cleanup: full``) or kept.
 
-Writing (``Indexer``), per group of files, always in this order:
+Writing (``Indexer``): files are read one document at a time and their chunks written in bounded
+batches as they come (``vectorstore.write_batch_size``), always in this order:
 
-1. parse and chunk the files;
-2. embed the chunks the collection lacks, through the on-disk embedding cache (committed before
-   the vectors go anywhere else), and upsert them into Chroma;
-3. commit the group's files and chunk ids to the record in one SQLite transaction;
-4. delete the old chunks of the group's changed files from Chroma.
+1. read a document and chunk it; its chunks join the write buffer;
+2. per full batch: embed through the on-disk embedding cache (committed before the vectors go
+   anywhere else) and upsert into Chroma. Every chunk of a file being indexed is upserted, also
+   one whose id the collection holds, so that changed metadata reaches the index; its vector
+   comes from the cache;
+3. once a file has been read to the end and all its chunks are written: commit it (stat, hash,
+   chunk ids) to the record, with the other files done by then, in one SQLite transaction;
+4. delete the old chunks of the committed files that changed from Chroma.
+
+A file that fails part-way has the chunks it wrote this run and the record does not list deleted
+again, and keeps its recorded ones. A file that now gives no text at all leaves the index (and is
+reported); one that cannot be read (permission, I/O error) keeps its chunks.
 
 Deleted files leave the record first, then Chroma. Before its first write an ingest marks the
 collection dirty in the record, and clears the mark when it is done. So after a kill the record
 never lists a chunk Chroma lacks, and whatever Chroma holds that the record does not list (chunks
 upserted before the kill, old chunks not yet deleted) is removed by the next ingest, which sees the
-mark (or a chunk count that differs from the record's) and reconciles. Chunk ids are content-derived, so redoing any step writes the same ids, and the
-embedding cache means nothing already embedded is embedded again.
+mark (or a chunk count that differs from the record's) and reconciles. Chunk ids are
+content-derived, so redoing any step writes the same ids, and the embedding cache means nothing
+already embedded is embedded again.
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
+from ..contracts import FileError, UnreadableFile
 from .cache import encode_with_cache
 from .faults import crash_point
 from .record import FileRecord, IndexRecord
@@ -112,12 +123,21 @@ def plan_sync(
     return plan
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must all match for a file to be trusted unread. Size and mtime alone miss a file
+    replaced by another of the same size whose mtime was set back (``cp -p``, ``rsync -t``, an
+    unpacked archive); the replacement is another inode, and its ctime (which no program can set)
+    moved."""
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
 def _unchanged(path: Path, previous: FileRecord, max_file_size: int | None, plan: SyncPlan) -> bool:
     try:
         st = path.stat()
     except OSError:
         return False  # gone or unreadable now: the loader reports why
-    same_stat = (st.st_size, st.st_mtime_ns) == (previous.size, previous.mtime_ns)
+    # A row recorded without inode and ctime (an older record) never matches: hashed once.
+    same_stat = _stat_key(st) == (previous.size, previous.mtime_ns, previous.inode, previous.ctime_ns)
     racy = st.st_mtime_ns >= previous.recorded_ns - RACY_WINDOW_NS
     if same_stat and not racy:
         return True
@@ -128,7 +148,7 @@ def _unchanged(path: Path, previous: FileRecord, max_file_size: int | None, plan
             return False
     except OSError:
         return False
-    plan.restat.append((previous.source, st.st_size, st.st_mtime_ns))
+    plan.restat.append((previous.source, *_stat_key(st)))
     return True
 
 
@@ -164,13 +184,18 @@ def write_chunks(
     with tqdm(total=len(new), desc="Embedding", unit="chunk", disable=not show_progress) as bar:
         for start in range(0, len(new), batch):
             part = new[start : start + batch]
-            vectors, embedded = encode_with_cache(embeddings, [c.page_content for c in part], embedding_cache)
-            crash_point("embedding")
-            store.upsert(part, vectors)
-            crash_point("writing")
-            report.embedded += embedded
-            report.added += len(part)
+            upsert_batch(store, embeddings, embedding_cache, part, report)
             bar.update(len(part))
+
+
+def upsert_batch(store: Any, embeddings: Any, embedding_cache: Any, part: Sequence[Document], report: IngestReport) -> None:
+    """Vectors for one write batch (embedding only what the cache lacks), then the upsert."""
+    vectors, embedded = encode_with_cache(embeddings, [c.page_content for c in part], embedding_cache)
+    crash_point("embedding")
+    store.upsert(part, vectors)
+    crash_point("writing")
+    report.embedded += embedded
+    report.added += len(part)
 
 
 def count_truncated(embeddings: Any, chunks: Sequence[Document]) -> int:
@@ -190,10 +215,17 @@ def warn_truncated(report: IngestReport, limit: int) -> None:
 
 
 @dataclass
-class _Parsed:
+class _FileInProgress:
+    """A file being read and written. Its chunk ids are kept (not its chunks) until the file is
+    recorded, which happens once it has been read to the end and every chunk of it is written."""
+
     change: FileChange
-    record: FileRecord
-    chunks: list[Document]
+    stat: os.stat_result | None
+    sha256: str
+    ids: dict[str, None] = field(default_factory=dict)  # its chunk ids, each once, in order
+    chunks: int = 0  # chunks its documents gave (the same chunk twice counts twice, as in the record)
+    documents: int = 0
+    unwritten: int = 0  # of its chunks, those still waiting in the write buffer
 
 
 class Indexer:
@@ -285,24 +317,20 @@ class Indexer:
             self.record.remove_sources(self.collection, sources)
 
     def _index_files(self, plan: SyncPlan, report: IngestReport) -> None:
+        """Read each file document by document, and write its chunks in bounded batches as they
+        come (across files and within one): memory holds one write batch, one document's chunks
+        and the ids of the files not yet recorded, whatever the files' sizes."""
         if not plan.todo:
             return
-        group: list[_Parsed] = []
-        size = 0
-        limit = self.store.max_batch_size
+        self._buffer: list[tuple[Document, _FileInProgress]] = []
+        self._awaiting: list[_FileInProgress] = []  # read to the end, not yet recorded
+        self._embedding_cache: Any = None
+        self._cache_opened = False
         for change in tqdm(plan.todo, desc="Indexing", unit="file", disable=not self.show_progress):
-            parsed = self._parse(change, report)
-            crash_point("loading")
-            if parsed is None:
-                continue
-            group.append(parsed)
-            size += len(parsed.chunks)
-            if size >= limit:
-                self._write(group, report)
-                group, size = [], 0
-        self._write(group, report)
+            self._index_file(change, report)
+        self._flush(report, everything=True)
 
-    def _parse(self, change: FileChange, report: IngestReport) -> _Parsed | None:
+    def _index_file(self, change: FileChange, report: IngestReport) -> None:
         # stat, then hash, then parse: if the file changes in between, the recorded stat and hash
         # are the older ones, so the next ingest sees the change and parses it again.
         path = change.path
@@ -310,42 +338,150 @@ class Indexer:
             st = path.stat()
             digest = file_sha256(path) if _hashable(st, getattr(self.loader.config, "max_file_size", None)) else ""
         except OSError:
-            st, digest = None, ""
-        loaded = self.loader.load([path], show_progress=False)
-        report.errors.extend(loaded.errors)
-        if not loaded.files_loaded or st is None:
-            return None  # unreadable: reported; a changed file keeps its old chunks until it reads
-        chunks = self.chunker().split_documents(loaded.documents)
-        report.files_loaded += 1
-        report.documents += len(loaded.documents)
-        if change.previous is None:
-            report.files_added += 1
-        else:
-            report.files_updated += 1
-        record = FileRecord(change.source, st.st_size, st.st_mtime_ns, digest, self.settings, len(chunks))
-        return _Parsed(change, record, chunks)
-
-    def _write(self, group: list[_Parsed], report: IngestReport) -> None:
-        if not group:
+            st, digest = None, ""  # reading it fails too, and the loader says why
+        progress = _FileInProgress(change, st, digest)
+        warnings: list[str] = []
+        reported = 0
+        failure: FileError | None = None
+        has_no_text = False
+        documents = self.loader.iter_file(path, warnings)
+        while True:
+            # Only the reading is guarded: an error while writing is the ingest's, not the file's.
+            try:
+                document = next(documents)
+            except StopIteration:
+                if progress.documents == 0:
+                    failure, has_no_text = FileError(change.source, "no text found"), True
+                break
+            except UnreadableFile as exc:
+                failure = FileError(change.source, str(exc))
+                # Read and judged to hold no text (empty, blank, no record, not text at all): the
+                # file now says that nothing of it is to be found.
+                has_no_text = progress.documents == 0
+                break
+            except OSError as exc:
+                # Not read (permission denied, an I/O error, gone meanwhile): that says nothing
+                # about what the file holds, which may well still be what was indexed: kept.
+                failure = FileError(change.source, exc.strerror or str(exc))
+                break
+            # Reported as they come, so that with on_error: fail nothing more is written.
+            reported = self._report_warnings(change.source, warnings, reported, report)
+            progress.documents += 1
+            self._add(self.chunker().split_documents([document]), progress, report)
+        if failure is not None or st is None:
+            self._abandon(progress, report)
+            # cleanup: none keeps every old version, so also what an emptied file held.
+            if has_no_text and change.previous is not None and self.cleanup != "none":
+                failure = self._drop_emptied(failure, report)
+        self._report_warnings(change.source, warnings, reported, report)
+        if failure is not None:
+            self.loader.report(failure, report.errors)  # raises with loader.on_error: fail
+        if failure is not None or st is None:
             return
-        chunks = [c for parsed in group for c in parsed.chunks]
-        report.chunks += len(chunks)
-        write_chunks(self.store, self.embeddings, self.cache, chunks, report, before_write=self._begin_writes)
+        self._awaiting.append(progress)
+        crash_point("loading")
+        self._record_written(report)
+
+    def _report_warnings(self, source: str, warnings: list[str], reported: int, report: IngestReport) -> int:
+        for warning in warnings[reported:]:
+            self.loader.report(FileError(source, warning), report.errors)
+        return len(warnings)
+
+    def _add(self, chunks: list[Document], progress: _FileInProgress, report: IngestReport) -> None:
+        for chunk in chunks:
+            progress.chunks += 1
+            if chunk.id in progress.ids:
+                continue  # the same chunk twice in one file (a repeated record) is one chunk
+            progress.ids[chunk.id] = None
+            progress.unwritten += 1
+            self._buffer.append((chunk, progress))
+        self._flush(report)
+
+    def _flush(self, report: IngestReport, everything: bool = False) -> None:
+        """Write full batches from the buffer (all of it with ``everything``), recording each file
+        as soon as all its chunks are written."""
+        batch = self.store.max_batch_size
+        while len(self._buffer) >= batch or (everything and self._buffer):
+            part, self._buffer = self._buffer[:batch], self._buffer[batch:]
+            self._write_batch([chunk for chunk, _ in part], report)
+            for _, progress in part:
+                progress.unwritten -= 1
+            self._record_written(report)
+        if everything:
+            self._record_written(report)
+
+    def _write_batch(self, chunks: list[Document], report: IngestReport) -> None:
+        # Every chunk of a file being (re)indexed is written, also those whose id the collection
+        # holds: the id is derived from the text and position only, so a chunk whose metadata
+        # changed (a record's fields, an HTML title, its start_index) keeps its id, and skipping
+        # it would leave the old metadata in the index. Its vector comes from the embedding cache.
+        chunks = list({c.id: c for c in chunks}.values())
+        report.truncated += count_truncated(self.embeddings, chunks)
+        # Longest first: the model pads each of its batches to the longest text in it.
+        chunks.sort(key=lambda chunk: len(chunk.page_content), reverse=True)
+        if not self._cache_opened:
+            self._embedding_cache, self._cache_opened = self.cache(), True
+        self._begin_writes()
+        upsert_batch(self.store, self.embeddings, self._embedding_cache, chunks, report)
+
+    def _record_written(self, report: IngestReport) -> None:
+        """Record, in one transaction, the files read to the end whose chunks are all written; then
+        delete the old chunks of those that changed."""
+        done = [p for p in self._awaiting if p.unwritten == 0]
+        if not done:
+            return
+        self._awaiting = [p for p in self._awaiting if p.unwritten]
         self._begin_writes()
         replace = self.cleanup != "none"
-        changed = [p.change.source for p in group if p.change.previous is not None]
+        changed = [p.change.source for p in done if p.change.previous is not None]
         old = self.record.chunk_ids(self.collection, changed) if replace and changed else set()
-        self.record.commit_files(
-            self.collection,
-            [p.record for p in group],
-            {p.record.source: [c.id for c in p.chunks] for p in group},
-            replace=replace,
-        )
+        records = [
+            FileRecord(
+                p.change.source, p.stat.st_size, p.stat.st_mtime_ns, p.sha256, self.settings, p.chunks,
+                inode=p.stat.st_ino, ctime_ns=p.stat.st_ctime_ns,
+            )
+            for p in done
+        ]
+        self.record.commit_files(self.collection, records, {p.change.source: list(p.ids) for p in done}, replace=replace)
         crash_point("recorded")
-        stale = old - {c.id for c in chunks}
+        stale = old.difference(*(p.ids for p in done))
         if stale:
             self.store.delete(sorted(stale))
             report.deleted += len(stale)
+        for p in done:
+            report.files_loaded += 1
+            report.documents += p.documents
+            report.chunks += p.chunks
+            if p.change.previous is None:
+                report.files_added += 1
+            else:
+                report.files_updated += 1
+
+    def _abandon(self, progress: _FileInProgress, report: IngestReport) -> None:
+        """A file that failed part-way: its chunks still buffered are dropped, and those already
+        written that the record does not list are deleted again. A changed file's recorded chunks
+        stay: it keeps its old chunks until it reads."""
+        waiting = {chunk.id for chunk, owner in self._buffer if owner is progress}
+        self._buffer = [(chunk, owner) for chunk, owner in self._buffer if owner is not progress]
+        written = progress.ids.keys() - waiting
+        if not written:
+            return
+        orphans = written - self.record.chunk_ids(self.collection, [progress.change.source])
+        if orphans:
+            self.store.delete(sorted(orphans))
+            report.deleted += len(orphans)
+
+    def _drop_emptied(self, failure: FileError, report: IngestReport) -> FileError:
+        """A file that now gives no text leaves the index (record first, then Chroma, as a deleted
+        file does); the error says so. It is read again, and reported again, on every ingest."""
+        source = failure.source
+        ids = self.record.chunk_ids(self.collection, [source])
+        self._begin_writes()
+        self.record.remove_sources(self.collection, [source])
+        if ids:
+            self.store.delete(sorted(ids))
+            report.deleted += len(ids)
+        return FileError(source, f"{failure.reason}; its {len(ids)} chunks were removed from the index")
 
     def _remove_files(self, plan: SyncPlan, report: IngestReport) -> None:
         if not plan.removed:

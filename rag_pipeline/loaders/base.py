@@ -4,16 +4,9 @@ from dataclasses import dataclass, field
 
 from langchain_core.documents import Document
 
+from ..contracts import FileError
 
-@dataclass(frozen=True)
-class FileError:
-    """A source that could not be read (or part of one, e.g. a JSONL line), with the reason."""
-
-    source: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.reason}"
+__all__ = ["FileError", "LoadResult"]
 
 
 @dataclass

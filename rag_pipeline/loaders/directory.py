@@ -6,7 +6,7 @@ import fnmatch
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from langchain_core.documents import Document
 from pydantic import Field, field_validator
@@ -142,6 +142,15 @@ class DirectoryLoader:
         if self.config.on_error == "fail":
             raise LoaderError(f"{error} (loader.on_error is 'fail'; set it to 'skip' to ingest the rest)")
         errors.append(error)
+
+    def iter_file(self, file: Path, warnings: list[str]) -> Iterator[Document]:
+        """The file's documents one at a time; per-record problems are appended to ``warnings``.
+        Raises ``UnreadableFile`` (or ``OSError``) for the whole file, possibly after yielding some.
+
+        Stand-in built on ``load_file``: the streaming reader replaces it."""
+        documents, found = self.load_file(file)
+        warnings.extend(found)
+        yield from documents
 
     def load_file(self, file: Path) -> tuple[list[Document], list[str]]:
         st = file.stat()  # follows a file symlink; a symlink loop raises ELOOP here

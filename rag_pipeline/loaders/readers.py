@@ -17,11 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..contracts import UnreadableFile
 from ..errors import first_line
-
-
-class UnreadableFile(Exception):
-    """The file as a whole cannot be read; ``str(exc)`` is the reason shown to the user."""
 
 
 @dataclass

@@ -254,11 +254,19 @@ class ChromaStore:
             raise ValueError("one vector per chunk")
         for start in range(0, len(chunks), self.max_batch_size):
             part = chunks[start : start + self.max_batch_size]
+            ids = [c.id for c in part]
+            metadatas = [_chroma_metadata(c.metadata) for c in part]
+            # Chroma's upsert merges into a held record's metadata, so a key the chunk no longer
+            # has (an HTML title removed) would survive; None tells Chroma to remove it.
+            held = self.collection.get(ids=ids, include=["metadatas"])
+            old_keys = {i: (m or {}).keys() for i, m in zip(held["ids"], held["metadatas"])}
+            for identifier, metadata in zip(ids, metadatas):
+                metadata.update({key: None for key in old_keys.get(identifier, ()) if key not in metadata})
             self.collection.upsert(
-                ids=[c.id for c in part],
+                ids=ids,
                 embeddings=np.asarray(vectors[start : start + self.max_batch_size], dtype=np.float32),
                 documents=[c.page_content for c in part],
-                metadatas=[_chroma_metadata(c.metadata) for c in part],
+                metadatas=metadatas,
             )
 
     def delete(self, ids: Sequence[str]) -> None:

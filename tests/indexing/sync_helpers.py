@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,15 @@ def paused_at_first_write(config_path: Path, command: str, release: Path) -> Ite
     finally:
         release.touch()
         child.wait(timeout=120)
+
+
+def jsonl_corpus(records: int, changed_every: int = 0) -> str:
+    """A JSONL file of short records, one chunk each; with ``changed_every=n`` every n-th record's
+    text is another edition (the rest keep their text, so their chunk ids)."""
+    lines = []
+    for number in range(records):
+        topic = TOPICS[number % len(TOPICS)]
+        edition = 2 if changed_every and number % changed_every == 0 else 1
+        text = f"Record {number} (edition {edition}) is about {topic}, which people who like {topic} study."
+        lines.append(json.dumps({"id": f"r{number}", "text": text, "topic": topic}))
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,16 @@ import subprocess
 import time
 
 import pytest
-from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, write_config, write_files
+from sync_helpers import (
+    cli_command,
+    config_for,
+    corpus_v1,
+    jsonl_corpus,
+    mutate_to_v2,
+    snapshot,
+    write_config,
+    write_files,
+)
 
 from rag_pipeline import Pipeline
 from rag_pipeline.indexing.cache import EmbeddingCache
@@ -96,6 +105,37 @@ def test_kill_at_any_point_then_rerun_equals_one_clean_run(scenario, point, tmp_
     # ... and past the first batch, the killed run had embedded some (so the check above bites).
     if point != "loading:3":
         assert uncached < scenario["clean_report"].embedded
+
+
+def test_kill_in_the_middle_of_a_file_then_rerun_equals_one_clean_run(tmp_path, tiny_bge_dir):
+    """A changed file written in several batches, killed after its second: its old chunks still
+    serve (the record still lists them), the rerun sweeps the new ones written unrecorded."""
+    corpus = tmp_path / "corpus"
+    write_files(corpus, {"records.jsonl": jsonl_corpus(30)})
+    template = tmp_path / "v1-index"
+    Pipeline.from_config(config_for(corpus, template, tiny_bge_dir)).ingest()
+    write_files(corpus, {"records.jsonl": jsonl_corpus(30, changed_every=2)})
+    clean_config = config_for(corpus, tmp_path / "clean", tiny_bge_dir)
+    shutil.copytree(template, tmp_path / "clean")
+    Pipeline.from_config(clean_config).ingest()
+    clean = snapshot(clean_config)
+
+    config = config_for(corpus, tmp_path / "index", tiny_bge_dir)
+    shutil.copytree(template, tmp_path / "index")
+    before = snapshot(config)
+    config_path = write_config(config, tmp_path / "config.yaml")
+    child = subprocess.run(
+        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": "writing:2"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, f"not killed: {child.stdout}{child.stderr}"
+    crashed = snapshot(config)
+    assert crashed["dirty"] and crashed["record"] == before["record"]  # killed mid-file: nothing recorded
+    assert set(before["ids"]) < set(crashed["ids"])  # new chunks written, the old ones still there
+
+    rerun = Pipeline.from_config(config).ingest()
+    assert rerun.recovered and rerun.files_updated == 1
+    assert snapshot(config) == clean
 
 
 @pytest.mark.slow
