@@ -23,6 +23,7 @@ from ..config import ConfigPath, StageConfig
 from ..errors import ConfigError, IndexMismatchError
 from ..indexing.lock import LOCK_FILENAME
 from ..indexing.record import RECORD_FILENAME, IndexRecord
+from ..metadata import safe_metadata
 from ..registry import register
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -267,6 +268,7 @@ class ChromaStore:
 
 def _chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """Chroma accepts str/int/float/bool values only and rejects None."""
+    metadata = safe_metadata(metadata)[0]  # chunks not from the loader (index_chunks): a refused key must not abort
     clean = {}
     for key, value in metadata.items():
         if value is None:

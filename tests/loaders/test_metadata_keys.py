@@ -131,3 +131,15 @@ def test_loader_reports_each_field_problem_once_per_file(tmp_path):
     assert [e.reason for e in result.errors] == [
         "field '#tag' renamed to 'tag' (Chroma refuses names that start with '#' or '$')"
     ]
+
+
+def test_chunks_indexed_directly_with_refused_keys_are_stored(tmp_path, tiny_bge_dir):
+    """Chunks that never went through the loader (Pipeline.index_chunks) are made safe by the store."""
+    from langchain_core.documents import Document
+
+    config = pipeline_config(tmp_path, tmp_path / "index", str(tiny_bge_dir))
+    pipeline = Pipeline.from_config(config)
+    document = Document("Lichens are fungi living with algae.", metadata={"doc_id": "d", "#tag": "a", "$x": 1})
+    pipeline.index_chunks(pipeline.chunker.split_documents([document]))
+    stored = pipeline.store.collection.get(include=["metadatas"])["metadatas"][0]
+    assert (stored["tag"], stored["x"]) == ("a", 1) and "#tag" not in stored
