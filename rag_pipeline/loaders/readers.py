@@ -209,7 +209,9 @@ def _pdf_records(data: bytes, options: ReaderOptions, warnings: list[str], deadl
     # Over the limit, the file is refused rather than cut: a cut file would be recorded as ingested
     # and its missing pages never mentioned again; refused, it is reported at every ingest.
     if options.pdf_max_pages is not None and page_count > options.pdf_max_pages:
-        raise UnreadableFile(f"{page_count} pages is over loader.pdf_max_pages ({options.pdf_max_pages}); raise it to read this file")
+        raise UnreadableFile(
+            f"{page_count} pages is over loader.pdf_max_pages ({options.pdf_max_pages}); raise it to read this file"
+        )
     records, failed = [], []
     for number in range(1, page_count + 1):
         deadline.check()  # where the timer cannot interrupt (outside the main thread), between pages

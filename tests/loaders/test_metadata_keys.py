@@ -71,7 +71,7 @@ def _hostile_keys_corpus(root):
     records = [
         {"id": "j1", "text": "Bees dance to show where flowers are.", "#tag": "insects", "$where": "hive",
          "chroma:document": "x", "": "no name"},
-        {"id": "j2", "text": "Tides follow the moon\ud800.", "#tag": "sea", "note\ud800": "odd key"},
+        {"id": "j2", "text": "Tides follow the moon.", "#tag": "sea", "$": "no name left"},
     ]
     (root / "notes.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     (root / "plain.txt").write_text("A plain file with no metadata of its own.\n", encoding="utf-8")
@@ -82,7 +82,7 @@ def test_a_corpus_with_fields_chroma_refuses_ingests_fully_and_again(tmp_path, t
     corpus = _hostile_keys_corpus(tmp_path / "corpus")
     config = pipeline_config(corpus, tmp_path / "index", str(tiny_bge_dir))
     report = Pipeline.from_config(config).ingest()
-    assert report.files_loaded == 3 and report.documents == 5
+    assert report.files_loaded == 3 and report.documents == 5 and report.collection_count >= 5
     reasons: dict[str, list[str]] = {}
     for error in report.errors:
         reasons.setdefault(error.source, []).append(error.reason)
@@ -92,9 +92,12 @@ def test_a_corpus_with_fields_chroma_refuses_ingests_fully_and_again(tmp_path, t
         "field '$where' renamed to 'where' (Chroma refuses names that start with '#' or '$')",
         "field 'chroma:document' renamed to 'chroma_document' (a name Chroma reserves)",
     ])
-    assert len(reasons["notes.jsonl"]) == 5, reasons["notes.jsonl"]
-    assert "text: invalid Unicode (a lone surrogate) replaced with U+FFFD" in reasons["notes.jsonl"]
-    assert "field 'note\\ud800' renamed to 'note\ufffd' (not valid Unicode)" in reasons["notes.jsonl"]
+    assert sorted(reasons["notes.jsonl"]) == sorted([
+        "field '#tag' renamed to 'tag' (Chroma refuses names that start with '#' or '$')",
+        "field '$where' renamed to 'where' (Chroma refuses names that start with '#' or '$')",
+        "field 'chroma:document' renamed to 'chroma_document' (a name Chroma reserves)",
+        "field '$' dropped (Chroma refuses names that start with '#' or '$')",
+    ])
     assert "plain.txt" not in reasons
 
     pipeline = Pipeline.from_config(config)
@@ -105,8 +108,7 @@ def test_a_corpus_with_fields_chroma_refuses_ingests_fully_and_again(tmp_path, t
     otters, _ = by_doc["facts.csv#row=c1"]
     assert (otters["tag"], otters["where"], otters["chroma_document"], otters["category"]) == (
         "animals", "river", "doc1", "nature")
-    assert by_doc["notes.jsonl#line=j2"][1] == "Tides follow the moon\ufffd."
-    assert by_doc["notes.jsonl#line=j2"][0]["note\ufffd"] == "odd key"
+    assert by_doc["notes.jsonl#line=j2"][0]["tag"] == "sea" and "$" not in by_doc["notes.jsonl#line=j2"][0]
     # The renamed field works in a filter.
     hits = pipeline.store.search("flowers", k=5, where={"tag": "insects"})
     assert [h.metadata["doc_id"] for h in hits] == ["notes.jsonl#line=j1"]
@@ -119,6 +121,24 @@ def test_a_corpus_with_fields_chroma_refuses_ingests_fully_and_again(tmp_path, t
     third = Pipeline.from_config(config).ingest()
     assert third.files_updated == 1 and third.added >= 1
     assert Pipeline.from_config(config).store.collection.count() == third.collection_count
+
+
+def test_json_escapes_that_are_not_unicode_are_repaired_and_ingested(tmp_path, tiny_bge_dir):
+    """JSON may escape a lone surrogate ("\\ud800"); Chroma and UTF-8 cannot hold one."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    record = {"id": "j2", "text": "Tides follow the moon\ud800.", "note\ud800": "odd key", "tag": "sea\udfff"}
+    (corpus / "notes.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    config = pipeline_config(corpus, tmp_path / "index", str(tiny_bge_dir))
+    report = Pipeline.from_config(config).ingest()
+    assert sorted(e.reason for e in report.errors) == sorted([
+        "field 'note\\ud800' renamed to 'note\ufffd' (not valid Unicode)",
+        "field 'tag': invalid Unicode (a lone surrogate) replaced with U+FFFD",
+        "text: invalid Unicode (a lone surrogate) replaced with U+FFFD",
+    ])
+    stored = Pipeline.from_config(config).store.collection.get(include=["metadatas", "documents"])
+    assert stored["documents"] == ["Tides follow the moon\ufffd."]
+    assert (stored["metadatas"][0]["note\ufffd"], stored["metadatas"][0]["tag"]) == ("odd key", "sea\ufffd")
 
 
 def test_loader_reports_each_field_problem_once_per_file(tmp_path):

@@ -133,7 +133,8 @@ def test_iter_file_reports_line_problems_as_they_come(corpus):
     warnings: list[str] = []
     stream = _loader(corpus).iter_file(corpus / "m.jsonl", warnings)
     assert next(stream).page_content == "a" and warnings == []
-    assert next(stream).page_content == "c" and warnings == ["line 2: invalid JSON (Expecting property name enclosed in double quotes)"]
+    assert next(stream).page_content == "c"
+    assert warnings == ["line 2: invalid JSON (Expecting property name enclosed in double quotes)"]
 
 
 def test_iter_file_raises_for_a_whole_file_problem(corpus):
