@@ -56,9 +56,12 @@ logger = logging.getLogger(__name__)
 
 # Bump when a reader or chunker changes what chunks a file gives: every file is then re-chunked
 # (unchanged chunks keep their ids and are not embedded again).
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2  # 2: unsafe metadata keys renamed, JSONL split on "\n" only
 # Loader keys that choose which files are read, not what a file's chunks are.
-_FILE_SELECTION_KEYS = {"path", "include", "exclude", "max_file_size", "on_error", "show_progress"}
+_FILE_SELECTION_KEYS = {
+    "path", "include", "exclude", "max_file_size", "on_error", "show_progress",
+    "follow_external_links", "pdf_max_pages", "pdf_max_seconds",  # whether a file is read, not what it gives
+}
 # A file modified this close to when its record was written may have changed within the
 # filesystem's timestamp granularity without its mtime moving ("racy git"): it is hashed.
 RACY_WINDOW_NS = 2_000_000_000

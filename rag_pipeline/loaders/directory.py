@@ -6,7 +6,7 @@ import fnmatch
 import os
 import stat
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import BinaryIO, Iterator, Literal
 
 from langchain_core.documents import Document
 from pydantic import Field, field_validator
@@ -14,9 +14,13 @@ from tqdm.auto import tqdm
 
 from ..stage_config import ConfigPath, StageConfig
 from ..errors import LoaderError
+from ..metadata import safe_metadata, valid_unicode
 from ..registry import register
 from .base import FileError, LoadResult
-from .readers import READERS, ReaderOptions, UnreadableFile
+from .readers import READERS, BoundedInput, ReaderOptions, UnreadableFile
+
+# Metadata the loader sets on every document; a record's own field is never renamed onto one of them.
+LOADER_KEYS = ("source", "doc_id", "file_type")
 
 
 def build_directory_loader(config: "DirectoryLoaderConfig") -> "DirectoryLoader":
@@ -35,6 +39,13 @@ class DirectoryLoaderConfig(StageConfig):
     id_field: str = Field("id", description="CSV column / JSONL field used in the document id, when present.")
     encoding: str = "utf-8"
     max_file_size: int | None = Field(50_000_000, gt=0, description="Bytes; larger files are skipped unread.")
+    follow_external_links: bool = Field(
+        False, description="Read symlinks that resolve outside `path` (off: they are reported and skipped)."
+    )
+    pdf_max_pages: int | None = Field(5_000, gt=0, description="PDFs with more pages are reported and skipped.")
+    pdf_max_seconds: float | None = Field(
+        300.0, gt=0, description="Seconds to read one PDF; a slower one is interrupted, reported and skipped."
+    )
     on_error: Literal["skip", "fail"] = "skip"
     show_progress: bool = True
 
@@ -60,12 +71,21 @@ class DirectoryLoader:
     Hostile input is reported, never fatal (with ``on_error: skip``): each file that cannot be read
     becomes a ``FileError`` with its reason, and the rest load. Folders that cannot be listed and
     file names that are not UTF-8 are reported by ``discover`` in ``discovery_errors``. Directory
-    symlinks are not followed (no loops); a file symlink loop is reported as one.
+    symlinks are not followed (no loops); a file symlink loop is reported as one, and so is a file
+    symlink that resolves outside the root (unless ``follow_external_links``): a corpus unpacked
+    from elsewhere must not publish any file its reader can open.
     """
 
     def __init__(self, config: DirectoryLoaderConfig):
         self.config = config
-        self.reader_options = ReaderOptions(config.encoding, config.text_field, config.id_field, config.max_file_size)
+        self.reader_options = ReaderOptions(
+            config.encoding,
+            config.text_field,
+            config.id_field,
+            config.max_file_size,
+            config.pdf_max_pages,
+            config.pdf_max_seconds,
+        )
         self.discovery_errors: list[FileError] = []
 
     @property
@@ -143,36 +163,73 @@ class DirectoryLoader:
             raise LoaderError(f"{error} (loader.on_error is 'fail'; set it to 'skip' to ingest the rest)")
         errors.append(error)
 
-    def iter_file(self, file: Path, warnings: list[str]) -> Iterator[Document]:
-        """The file's documents one at a time; per-record problems are appended to ``warnings``.
-        Raises ``UnreadableFile`` (or ``OSError``) for the whole file, possibly after yielding some.
-
-        Stand-in built on ``load_file``: the streaming reader replaces it."""
-        documents, found = self.load_file(file)
-        warnings.extend(found)
-        yield from documents
-
     def load_file(self, file: Path) -> tuple[list[Document], list[str]]:
-        st = file.stat()  # follows a file symlink; a symlink loop raises ELOOP here
+        """A file's documents and per-record warnings, all at once (``iter_file`` streams them)."""
+        warnings: list[str] = []
+        return list(self.iter_file(file, warnings)), warnings
+
+    def iter_file(self, file: Path, warnings: list[str]) -> Iterator[Document]:
+        """A file's documents, read as they are yielded, in file order.
+
+        Per-record problems (a bad JSONL line, a renamed metadata field) are appended to ``warnings``
+        as they are met; a problem with the whole file raises ``UnreadableFile``, possibly after some
+        documents were yielded (a JSONL file with no readable line is known only at its end).
+        """
+        source = self.source_id(file)
+        file_type = file.suffix.lower()[1:]
+        reader = READERS[file.suffix.lower()]
+        warned: set[str] = set()  # each metadata problem once per file, not once per record
+        count, warnings_before = 0, len(warnings)
+        try:
+            with self._open(file) as handle:
+                for record in reader(BoundedInput(handle, self.config.max_file_size), self.reader_options, warnings):
+                    if not record.text.strip():
+                        continue  # an empty PDF page or CSV cell carries nothing to retrieve
+                    metadata, problems = safe_metadata(record.metadata, taken=LOADER_KEYS)
+                    text = valid_unicode(record.text)
+                    if text is not record.text:
+                        problems.append("text: invalid Unicode (a lone surrogate) replaced with U+FFFD")
+                    for problem in problems:
+                        if problem not in warned:
+                            warned.add(problem)
+                            warnings.append(problem)
+                    doc_id = f"{source}#{record.key}" if record.key else source
+                    metadata.update(source=source, doc_id=doc_id, file_type=file_type)
+                    count += 1
+                    yield Document(page_content=text, metadata=metadata)
+        except OSError as exc:
+            raise UnreadableFile(exc.strerror or str(exc)) from None
+        if not count and len(warnings) == warnings_before:
+            raise UnreadableFile("no text found")
+
+    def _open(self, file: Path) -> BinaryIO:
+        """The file opened for reading, once it is known to be a regular file within the limits."""
+        target = Path(os.path.realpath(file))
+        st = target.stat()  # a symlink loop raises ELOOP here, a dangling link ENOENT
         if not stat.S_ISREG(st.st_mode):
             raise UnreadableFile(f"not a regular file ({_file_kind(st.st_mode)})")  # a FIFO would block forever
+        if not self._may_read(file, target):
+            raise UnreadableFile(
+                f"symlink to {target}, outside loader.path; not followed (set loader.follow_external_links: true "
+                "to read it)"
+            )
         size = st.st_size
         if self.config.max_file_size is not None and size > self.config.max_file_size:
             raise UnreadableFile(f"{size} bytes is over loader.max_file_size ({self.config.max_file_size})")
         if size == 0:
             raise UnreadableFile("empty file")
-        read = READERS[file.suffix.lower()](file, self.reader_options)
-        source = self.source_id(file)
-        documents = []
-        for record in read.records:
-            if not record.text.strip():
-                continue  # an empty PDF page or CSV cell carries nothing to retrieve
-            doc_id = f"{source}#{record.key}" if record.key else source
-            metadata = {**record.metadata, "source": source, "doc_id": doc_id, "file_type": file.suffix.lower()[1:]}
-            documents.append(Document(page_content=record.text, metadata=metadata))
-        if not documents and not read.warnings:
-            raise UnreadableFile("no text found")
-        return documents, read.warnings
+        handle = open(target, "rb")
+        opened = os.fstat(handle.fileno())
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            handle.close()  # a link or folder on the way was swapped after it was checked
+            raise UnreadableFile("replaced while being opened; run the ingest again")
+        return handle
+
+    def _may_read(self, file: Path, target: Path) -> bool:
+        # The file loader.path names itself is read wherever it points: the user chose it.
+        if self.config.follow_external_links or file == self.config.path:
+            return True
+        return target.is_relative_to(os.path.realpath(self.root))
 
 
 def _file_kind(mode: int) -> str:

@@ -22,8 +22,9 @@ import numpy as np
 from langchain_core.documents import Document
 from pydantic import Field
 
-from ..stage_config import ConfigPath, StageConfig
 from ..errors import ConfigError, IndexMismatchError, first_line
+from ..metadata import safe_metadata
+from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -444,6 +445,7 @@ def _collection_space(collection) -> str | None:
 
 def _chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """Chroma accepts str/int/float/bool values only and rejects None."""
+    metadata = safe_metadata(metadata)[0]  # chunks not from the loader (index_chunks): a refused key must not abort
     clean = {}
     for key, value in metadata.items():
         if value is None:

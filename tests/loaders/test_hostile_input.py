@@ -53,6 +53,7 @@ BAD_FILES = {
     "dev-zero.txt": "not a regular file (a character device)",
     "scripts-only.html": "no text found",
     "bad-name-\udcff.txt": "file name is not valid UTF-8",
+    "leak.txt": "outside loader.path; not followed",
 }
 # per-line problems in a file that still loads
 LINE_WARNINGS = {
@@ -137,6 +138,8 @@ def build_hostile_folder(root: Path) -> Path:
     os.symlink("..", root / "sub" / "back-up")  # a directory loop: never followed
     os.mkfifo(root / "fifo.txt")  # opening it for reading would block forever
     os.symlink("/dev/zero", root / "dev-zero.txt")  # reading it would never end
+    (root.parent / "outside-secret.txt").write_text("A file next to the corpus, not in it.\n", encoding="utf-8")
+    os.symlink(root.parent / "outside-secret.txt", root / "leak.txt")  # would publish a file from outside
     (root / "scripts-only.html").write_text("<html><script>SCRIPT_TEXT()</script><style>p{}</style></html>")
     fd = os.open(os.fsencode(root) + b"/bad-name-\xff.txt", os.O_CREAT | os.O_WRONLY, 0o644)
     os.write(fd, b"a file whose name is not UTF-8\n")
@@ -198,8 +201,9 @@ def test_every_good_file_loads_and_every_bad_one_is_reported_with_its_reason(hos
     assert "Sea otters hold hands" in text and "crack open shellfish" in text
     for marker in SCRIPT_MARKERS:
         assert marker not in text, marker
-    # The file over max_file_size was skipped on its size, never opened; the FIFO was never opened.
-    assert not any(path.endswith(("huge.txt", "fifo.txt", "dev-zero.txt")) for path in opened)
+    # The file over max_file_size was skipped on its size, never opened; nor were the FIFO, the device
+    # and the file outside the corpus.
+    assert not any(path.endswith(("huge.txt", "fifo.txt", "dev-zero.txt", "outside-secret.txt")) for path in opened)
     # The directory symlink loop was not followed: each file once.
     assert len(doc_ids) == len(result.documents)
     assert not any("back-up" in d.metadata["source"] for d in result.documents)
