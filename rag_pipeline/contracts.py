@@ -35,6 +35,11 @@ class UnreadableFile(Exception):
     """A file as a whole cannot be read; ``str(exc)`` is the reason shown to the user."""
 
 
+class FileNotRead(UnreadableFile):
+    """The file could not be read at all (permission denied, an I/O error, gone meanwhile): unlike
+    a file read and found empty or not text, this says nothing about what it holds."""
+
+
 Filter = Mapping[str, Any]
 """A metadata filter in Chroma's ``where`` syntax (``{"file_type": "pdf"}``, ``{"$and": [...]}``)."""
 

@@ -23,6 +23,7 @@ from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
 from .indexing.report import IngestReport, SyncPlan
 from .indexing.state import IndexState
+from .indexing.sinks import DenseSink
 from .indexing.sync import Indexer, ingest_settings, plan_sync, warn_truncated, write_chunks
 from .registry import KINDS, lookup
 
@@ -141,6 +142,7 @@ class Pipeline:
         with self.state.lock(self.config.ingest.lock_timeout), store.writing(), self.state.record() as record:
             prepare_ingest(record, store, store.config.collection)
             report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
+        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -163,7 +165,8 @@ class Pipeline:
 
     def reindex(self, show_progress: bool | None = None) -> IngestReport:
         """Re-embed every source with the configured model into a new collection, then switch
-        ``vectorstore.collection`` to it in one step and drop the old one.
+        ``vectorstore.collection`` to it in one step; the old one is retired and dropped by the next
+        ingest or reindex (a reader in another process may be mid-query on it).
 
         The old collection keeps serving queries until the new one is complete; a reindex that is
         killed leaves the old one in service, and its half-built collection is dropped by the next
@@ -181,6 +184,7 @@ class Pipeline:
                 report = self._indexer(building, record, "full", show_progress).sync()
             with store.writing():
                 finish_reindex(record, store, logical, new)
+        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -214,9 +218,8 @@ class Pipeline:
         return Indexer(
             loader=self.loader,
             chunker=lambda: self.chunker,
-            embeddings=self.embeddings,
-            store=store,
-            cache=lambda: self.embedding_cache,
+            sinks=[DenseSink(store, self.embeddings, lambda: self.embedding_cache)],
+            collection=store.collection_name,
             record=record,
             settings=self._settings(),
             cleanup=cleanup,

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ENV_VAR = "RAG_PIPELINE_FAULT"
-POINTS = ("loading", "embedding", "writing", "recorded", "removing")
 
 _counts: dict[str, int] = {}
 

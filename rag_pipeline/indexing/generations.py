@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from .record import IndexRecord
-from .sync import collect_garbage, next_collection_name
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +37,37 @@ def begin_reindex(record: IndexRecord, store: Any, logical: str) -> str:
 
 
 def finish_reindex(record: IndexRecord, store: Any, logical: str, new: str) -> list[str]:
-    """Make ``new`` the active generation in one step, then drop the ones it replaced."""
+    """Make ``new`` the active generation in one step; the ones it replaced are retired, not dropped.
+
+    A reader in another process may hold a retired collection mid-query: it is dropped by the next
+    ingest or reindex (:func:`collect_garbage`), by which time every reader has re-resolved the
+    active one (readers check the record before each query, see ``ChromaStore.refresh_if_changed``).
+    """
     retired = record.switch(logical, new)
     store.use_collection(new)
-    for old in retired:
-        store.drop_collection(old)
-        record.forget_collection(old)
     return retired
+
+
+def collect_garbage(record: IndexRecord, store: Any, logical: str, keep: str | None) -> list[str]:
+    """Drop the generations that no longer serve: retired ones (replaced by a reindex) and
+    half-built ones (a reindex that was killed)."""
+    dropped = []
+    for name, state in record.collections(logical).items():
+        if name != keep and state in ("building", "retired"):
+            store.drop_collection(name)
+            record.forget_collection(name)
+            dropped.append((name, state))
+    for name, state in dropped:
+        if state == "building":
+            logger.warning("dropped collection %s, left half-built by an interrupted reindex", name)
+        else:
+            logger.info("dropped collection %s, retired by the last reindex", name)
+    return [name for name, _ in dropped]
+
+
+def next_collection_name(logical: str, taken: set[str]) -> str:
+    """``<logical>.v2``, ``.v3``, ...: the first name neither Chroma nor the record uses."""
+    generation = 2
+    while f"{logical[:500]}.v{generation}" in taken:
+        generation += 1
+    return f"{logical[:500]}.v{generation}"

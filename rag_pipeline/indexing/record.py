@@ -294,10 +294,3 @@ class IndexRecord:
                     f"DELETE FROM files WHERE collection = ? AND source IN ({marks})", (collection, *part)
                 )
 
-    def snapshot(self, collection: str) -> dict:
-        """The record of one collection as plain data, without timestamps (for comparisons)."""
-        files = {
-            source: (r.size, r.mtime_ns, r.sha256, r.settings, r.chunks) for source, r in self.files(collection).items()
-        }
-        chunks = sorted(self._query("SELECT id, source FROM chunks WHERE collection = ?", (collection,)))
-        return {"files": files, "chunks": chunks}

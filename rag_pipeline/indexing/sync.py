@@ -46,8 +46,8 @@ from typing import Any, Callable, Sequence
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
-from ..contracts import FileError, UnreadableFile
-from .cache import encode_with_cache
+from ..contracts import FileError, FileNotRead, UnreadableFile
+from .sinks import DenseSink, Sink
 from .faults import crash_point
 from .record import FileRecord, IndexRecord
 from .report import FileChange, IngestReport, SyncPlan
@@ -162,12 +162,12 @@ def write_chunks(
     chunks: Sequence[Document],
     report: IngestReport,
     *,
-    before_write: Callable[[], None] = lambda: None,
     show_progress: bool = False,
 ) -> None:
-    """Embed (through the cache) and upsert the chunks the collection does not hold yet.
+    """Embed (through the cache) and upsert the chunks the collection does not hold yet: the
+    primitive behind ``Pipeline.index_chunks`` (evaluation collections, kept without a record).
 
-    One write batch at a time: its vectors go into the embedding cache, then into Chroma. A kill
+    One write batch at a time: its vectors go into the embedding cache, then into the index. A kill
     loses at most the batch being embedded.
     """
     unique = list({c.id: c for c in chunks}.values())  # the same chunk listed twice is one chunk
@@ -176,34 +176,16 @@ def write_chunks(
     report.skipped += len(unique) - len(new)
     if not new:
         return
-    report.truncated += count_truncated(embeddings, new)
     # Longest first across the whole set, not only inside each write batch: the model pads every
-    # batch to its longest text, so batches of similar lengths waste the least compute (and a
-    # kill then still loses at most one batch).
+    # batch to its longest text, so batches of similar lengths waste the least compute.
     new.sort(key=lambda chunk: len(chunk.page_content), reverse=True)
-    embedding_cache = cache()
-    before_write()
-    batch = store.max_batch_size
+    sink = DenseSink(store, embeddings, cache)
+    batch = sink.max_batch_size
     with tqdm(total=len(new), desc="Embedding", unit="chunk", disable=not show_progress) as bar:
         for start in range(0, len(new), batch):
             part = new[start : start + batch]
-            upsert_batch(store, embeddings, embedding_cache, part, report)
+            sink.write(part, report)
             bar.update(len(part))
-
-
-def upsert_batch(store: Any, embeddings: Any, embedding_cache: Any, part: Sequence[Document], report: IngestReport) -> None:
-    """Vectors for one write batch (embedding only what the cache lacks), then the upsert."""
-    vectors, embedded = encode_with_cache(embeddings, [c.page_content for c in part], embedding_cache)
-    crash_point("embedding")
-    store.upsert(part, vectors)
-    crash_point("writing")
-    report.embedded += embedded
-    report.added += len(part)
-
-
-def count_truncated(embeddings: Any, chunks: Sequence[Document]) -> int:
-    limit = embeddings.max_seq_length
-    return sum(1 for n in embeddings.count_tokens([c.page_content for c in chunks]) if n > limit)
 
 
 def warn_truncated(report: IngestReport, limit: int) -> None:
@@ -237,9 +219,12 @@ class Indexer:
     ``chunker`` and ``cache`` are callables so that an ingest with nothing to parse or embed never
     builds them (the token chunker and the cache both load the model).
 
-        >>> Indexer(loader=pipe.loader, chunker=lambda: pipe.chunker, embeddings=pipe.embeddings,
-        ...         store=pipe.store, cache=lambda: pipe.embedding_cache, record=record,
+        >>> Indexer(loader=pipe.loader, chunker=lambda: pipe.chunker,
+        ...         sinks=[DenseSink(pipe.store, pipe.embeddings, lambda: pipe.embedding_cache)],
+        ...         collection=pipe.store.collection_name, record=record,
         ...         settings=ingest_settings(...), cleanup="full").sync()         # doctest: +SKIP
+
+    Every sink gets the same chunks, deletions and reconciliation: the record lists what each holds.
     """
 
     def __init__(
@@ -247,9 +232,8 @@ class Indexer:
         *,
         loader: Any,
         chunker: Callable[[], Any],
-        embeddings: Any,
-        store: Any,
-        cache: Callable[[], Any],
+        sinks: Sequence[Sink],
+        collection: str,
         record: IndexRecord,
         settings: str,
         cleanup: str = "full",
@@ -259,30 +243,27 @@ class Indexer:
             raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
         self.loader = loader
         self.chunker = chunker
-        self.embeddings = embeddings
-        self.store = store
-        self.cache = cache
+        if not sinks:
+            raise ValueError("an Indexer needs at least one sink")
+        self.sinks = list(sinks)
+        self.collection = collection
         self.record = record
         self.settings = settings
         self.cleanup = cleanup
         self.show_progress = show_progress
         self._writing = False
 
-    @property
-    def collection(self) -> str:
-        return self.store.collection_name
-
     def sync(self) -> IngestReport:
         report = IngestReport(collection=self.collection)
         # An interrupted ingest left its mark; a collection changed behind the record's back (or
         # removed) no longer holds as many chunks as the record lists. Either way: reconcile.
-        held = self.store.count() if self.store.exists() else 0
+        held = [sink.count() if sink.exists() else 0 for sink in self.sinks]
         recorded = self.record.chunk_count(self.collection)
-        report.recovered = self._writing = self.record.is_dirty(self.collection) or held != recorded
+        report.recovered = self._writing = self.record.is_dirty(self.collection) or any(n != recorded for n in held)
         if report.recovered:
             logger.warning(
                 "reconciling collection %r with its record (the last ingest was interrupted, or the collection "
-                "holds %d chunks where the record lists %d)", self.collection, held, recorded,
+                "holds %s chunks where the record lists %d)", self.collection, "/".join(map(str, held)), recorded,
             )
             self.record.set_dirty(self.collection, True)
             self._forget_files_missing_from_collection()
@@ -296,12 +277,12 @@ class Indexer:
             self.record.update_stats(self.collection, plan.restat)
         self._index_files(plan, report)
         self._remove_files(plan, report)
-        if report.recovered and self.store.exists():
+        if report.recovered:
             self._sweep(report)
         if self._writing:
             self.record.set_dirty(self.collection, False)
-        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
-        report.collection_count = self.store.count() if self.store.exists() else 0
+        primary = self.sinks[0]
+        report.collection_count = primary.count() if primary.exists() else 0
         return report
 
     def _begin_writes(self) -> None:
@@ -312,8 +293,8 @@ class Indexer:
     # -- steps -------------------------------------------------------------------------------------
     def _forget_files_missing_from_collection(self) -> None:
         """After a crash: a file whose recorded chunks are not all in Chroma is indexed again."""
-        present = self.store.ids() if self.store.exists() else set()
-        missing = self.record.chunk_ids(self.collection) - present
+        recorded = self.record.chunk_ids(self.collection)
+        missing = set().union(*((recorded - sink.ids()) if sink.exists() else recorded for sink in self.sinks))
         if missing:
             sources = self.record.chunk_sources(self.collection, missing)
             logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources))
@@ -327,8 +308,6 @@ class Indexer:
             return
         self._buffer: list[tuple[Document, _FileInProgress]] = []
         self._awaiting: list[_FileInProgress] = []  # read to the end, not yet recorded
-        self._embedding_cache: Any = None
-        self._cache_opened = False
         for change in tqdm(plan.todo, desc="Indexing", unit="file", disable=not self.show_progress):
             self._index_file(change, report)
         self._flush(report, everything=True)
@@ -355,6 +334,11 @@ class Indexer:
             except StopIteration:
                 if progress.documents == 0:
                     failure, has_no_text = FileError(change.source, "no text found"), True
+                break
+            except FileNotRead as exc:
+                # Not read (permission denied, an I/O error, gone meanwhile): that says nothing
+                # about what the file holds, which may well still be what was indexed: kept.
+                failure = FileError(change.source, str(exc))
                 break
             except UnreadableFile as exc:
                 failure = FileError(change.source, str(exc))
@@ -403,7 +387,7 @@ class Indexer:
     def _flush(self, report: IngestReport, everything: bool = False) -> None:
         """Write full batches from the buffer (all of it with ``everything``), recording each file
         as soon as all its chunks are written."""
-        batch = self.store.max_batch_size
+        batch = min(sink.max_batch_size for sink in self.sinks)
         while len(self._buffer) >= batch or (everything and self._buffer):
             part, self._buffer = self._buffer[:batch], self._buffer[batch:]
             self._write_batch([chunk for chunk, _ in part], report)
@@ -419,13 +403,13 @@ class Indexer:
         # changed (a record's fields, an HTML title, its start_index) keeps its id, and skipping
         # it would leave the old metadata in the index. Its vector comes from the embedding cache.
         chunks = list({c.id: c for c in chunks}.values())
-        report.truncated += count_truncated(self.embeddings, chunks)
-        # Longest first: the model pads each of its batches to the longest text in it.
-        chunks.sort(key=lambda chunk: len(chunk.page_content), reverse=True)
-        if not self._cache_opened:
-            self._embedding_cache, self._cache_opened = self.cache(), True
         self._begin_writes()
-        upsert_batch(self.store, self.embeddings, self._embedding_cache, chunks, report)
+        for sink in self.sinks:
+            sink.write(chunks, report)
+
+    def _delete(self, ids: set[str] | list[str]) -> None:
+        for sink in self.sinks:
+            sink.delete(sorted(ids))
 
     def _record_written(self, report: IngestReport) -> None:
         """Record, in one transaction, the files read to the end whose chunks are all written; then
@@ -449,7 +433,7 @@ class Indexer:
         crash_point("recorded")
         stale = old.difference(*(p.ids for p in done))
         if stale:
-            self.store.delete(sorted(stale))
+            self._delete(stale)
             report.deleted += len(stale)
         for p in done:
             report.files_loaded += 1
@@ -471,7 +455,7 @@ class Indexer:
             return
         orphans = written - self.record.chunk_ids(self.collection, [progress.change.source])
         if orphans:
-            self.store.delete(sorted(orphans))
+            self._delete(orphans)
             report.deleted += len(orphans)
 
     def _drop_emptied(self, failure: FileError, report: IngestReport) -> FileError:
@@ -482,7 +466,7 @@ class Indexer:
         self._begin_writes()
         self.record.remove_sources(self.collection, [source])
         if ids:
-            self.store.delete(sorted(ids))
+            self._delete(ids)
             report.deleted += len(ids)
         return FileError(source, f"{failure.reason}; its {len(ids)} chunks were removed from the index")
 
@@ -494,38 +478,18 @@ class Indexer:
         self.record.remove_sources(self.collection, plan.removed)
         crash_point("removing")
         if ids:
-            self.store.delete(sorted(ids))
+            self._delete(ids)
         report.files_removed = len(plan.removed)
         report.deleted += len(ids)
 
     def _sweep(self, report: IngestReport) -> None:
-        """Delete what the collection holds and the record does not list: chunks upserted before a
-        kill and not recorded, old chunks not yet deleted, anything written around ingest."""
-        orphans = self.store.ids() - self.record.chunk_ids(self.collection)
-        if orphans:
-            self._begin_writes()
-            self.store.delete(sorted(orphans))
-            report.deleted += len(orphans)
-            logger.info("removed %d chunks the record does not list", len(orphans))
-
-
-# -- collections: reindex and the leftovers of an interrupted one -------------------------------------
-def collect_garbage(record: IndexRecord, store: Any, logical: str, keep: str | None) -> list[str]:
-    """Drop the collections an interrupted reindex left: half-built ones and retired ones."""
-    dropped = []
-    for name, state in record.collections(logical).items():
-        if name != keep and state in ("building", "retired"):
-            store.drop_collection(name)
-            record.forget_collection(name)
-            dropped.append(name)
-    if dropped:
-        logger.warning("dropped collections left by an interrupted reindex: %s", ", ".join(dropped))
-    return dropped
-
-
-def next_collection_name(logical: str, taken: set[str]) -> str:
-    """``<logical>.v2``, ``.v3``, ...: the first name neither Chroma nor the record uses."""
-    generation = 2
-    while f"{logical[:500]}.v{generation}" in taken:
-        generation += 1
-    return f"{logical[:500]}.v{generation}"
+        """Delete what a sink holds and the record does not list: chunks upserted before a kill and
+        not recorded, old chunks not yet deleted, anything written around ingest."""
+        recorded = self.record.chunk_ids(self.collection)
+        for sink in self.sinks:
+            orphans = sink.ids() - recorded if sink.exists() else set()
+            if orphans:
+                self._begin_writes()
+                sink.delete(sorted(orphans))
+                report.deleted += len(orphans)
+                logger.info("removed %d chunks the record does not list from the %s index", len(orphans), sink.name)

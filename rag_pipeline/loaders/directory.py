@@ -17,6 +17,7 @@ from ..errors import LoaderError
 from ..metadata import safe_metadata, valid_unicode
 from ..registry import register
 from .base import FileError, LoadResult
+from ..contracts import FileNotRead
 from .readers import READERS, BoundedInput, ReaderOptions, UnreadableFile
 
 # Metadata the loader sets on every document; a record's own field is never renamed onto one of them.
@@ -198,7 +199,7 @@ class DirectoryLoader:
                     count += 1
                     yield Document(page_content=text, metadata=metadata)
         except OSError as exc:
-            raise UnreadableFile(exc.strerror or str(exc)) from None
+            raise FileNotRead(exc.strerror or str(exc)) from None
         if not count and len(warnings) == warnings_before:
             raise UnreadableFile("no text found")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -68,6 +69,18 @@ def cli_command(config_path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "rag_pipeline.cli", *args, str(config_path), "-q"]
 
 
+def record_snapshot(record: IndexRecord, collection: str) -> dict:
+    """The record of one collection as plain data, without timestamps (for comparisons). Chunk rows
+    are read from the file itself, so a row whose file is not recorded shows up too."""
+    files = record.files(collection)
+    with sqlite3.connect(f"file:{record.path}?mode=ro", uri=True) as connection:
+        chunks = sorted(connection.execute("SELECT id, source FROM chunks WHERE collection = ?", (collection,)))
+    return {
+        "files": {source: (r.size, r.mtime_ns, r.sha256, r.settings, r.chunks) for source, r in files.items()},
+        "chunks": chunks,
+    }
+
+
 def snapshot(config: dict) -> dict:
     """Everything that must be identical after a crash and a re-run as after one clean run."""
     pipe = Pipeline.from_config(config)
@@ -76,7 +89,7 @@ def snapshot(config: dict) -> dict:
     ids = sorted(store.ids())
     positions = [(d.metadata["doc_id"], d.metadata["chunk_index"]) for d in store.documents(ids)]
     with IndexRecord(pipe.state.record_path, readonly=True) as record:
-        recorded = record.snapshot(name)
+        recorded = record_snapshot(record, name)
         collections = {n: s for n, s in record.collections(store.config.collection).items()}
         dirty = record.is_dirty(name)
     return {

@@ -41,17 +41,19 @@ def test_model_change_is_refused_until_reindex_switches_to_a_complete_new_collec
     path = write_config(new, tmp_path / "new.yaml")
     assert main(["reindex", str(path), "-q"]) == 0
     assert "now serving collection 'test.v2'" in capsys.readouterr().out
-    assert _state(new) == ({"test.v2": "active"}, {"test.v2"})  # the old collection is gone
+    # The old collection is retired, not dropped: a reader in another process may still hold it.
+    assert _state(new) == ({"test": "retired", "test.v2": "active"}, {"test", "test.v2"})
     assert len(Pipeline.from_config(new).query("bees", k=3)) == 3
     with pytest.raises(IndexMismatchError):
         Pipeline.from_config(old).query("bees")  # the old model no longer matches the index
     again = Pipeline.from_config(new).ingest()
     assert (again.files_unchanged, again.added, again.collection_count) == (6, 0, count)
+    assert _state(new) == ({"test.v2": "active"}, {"test.v2"})  # the next ingest dropped it
 
     # Reindexing with the same model again re-embeds nothing: the vectors are in the cache.
     report = Pipeline.from_config(new).reindex()
     assert report.collection == "test.v3" and report.added == count and report.embedded == 0
-    assert _state(new) == ({"test.v3": "active"}, {"test.v3"})
+    assert _state(new) == ({"test.v2": "retired", "test.v3": "active"}, {"test.v2", "test.v3"})
 
 
 def test_the_old_collection_serves_until_the_new_one_is_complete(indexed, tmp_path):
@@ -64,7 +66,7 @@ def test_the_old_collection_serves_until_the_new_one_is_complete(indexed, tmp_pa
         with pytest.raises(IndexMismatchError):
             Pipeline.from_config(new).query("tides")
     assert child.returncode == 0, child.stderr.read()
-    assert _state(new) == ({"test.v2": "active"}, {"test.v2"})
+    assert _state(new) == ({"test": "retired", "test.v2": "active"}, {"test", "test.v2"})
     assert len(Pipeline.from_config(new).query("tides", k=3)) == 3
 
 
@@ -83,4 +85,4 @@ def test_a_killed_reindex_leaves_the_old_index_serving_and_its_leftovers_are_dro
 
     report = Pipeline.from_config(new).reindex()
     assert report.collection_count == count
-    assert _state(new) == ({report.collection: "active"}, {report.collection})
+    assert _state(new) == ({"test": "retired", report.collection: "active"}, {"test", report.collection})

@@ -33,17 +33,17 @@ def config(corpus, tmp_path, tiny_bge_dir):
 def spies(monkeypatch):
     """Counts the files parsed and hashed."""
     calls = {"parsed": [], "hashed": []}
-    load_file, file_sha256 = DirectoryLoader.load_file, sync_module.file_sha256
+    iter_file, file_sha256 = DirectoryLoader.iter_file, sync_module.file_sha256
 
-    def parse(self, file):
+    def parse(self, file, warnings):
         calls["parsed"].append(file.name)
-        return load_file(self, file)
+        return iter_file(self, file, warnings)
 
     def hash_(path):
         calls["hashed"].append(path.name)
         return file_sha256(path)
 
-    monkeypatch.setattr(DirectoryLoader, "load_file", parse)
+    monkeypatch.setattr(DirectoryLoader, "iter_file", parse)
     monkeypatch.setattr(sync_module, "file_sha256", hash_)
     return calls
 
