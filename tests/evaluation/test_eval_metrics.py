@@ -124,3 +124,13 @@ def test_dropping_identical_ids_keeps_depth_other_documents():
     assert drop_identical_ids({"q": {"q": 0.9}}) == {"q": {}}
     # a query left with nothing still counts, with 0
     assert evaluate_run({"q": {"q": 1}}, drop_identical_ids({"q": {"q": 0.9}}), ["ndcg@10"]).mean == {"ndcg@10": 0.0}
+
+
+def test_ranx_an_independent_implementation_agrees_on_every_mean():
+    """ranx (numba, not trec_eval's C code) on the same qrels and run: the all-grade-0 query q4 is
+    in its mean too. make_comparable gives q5 the empty run it lacks, as BEIR's search would."""
+    from ranx import Qrels, Run
+    from ranx import evaluate as ranx_evaluate
+
+    other = ranx_evaluate(Qrels(QRELS), Run(RUN, name="run"), list(METRICS), make_comparable=True)
+    assert {name: float(value) for name, value in other.items()} == pytest.approx(evaluate_run(QRELS, RUN).mean, abs=1e-12)
