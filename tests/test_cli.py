@@ -59,10 +59,25 @@ def test_missing_config_file(capsys):
     assert capsys.readouterr().err == "error: config file not found: nope.yaml\n"
 
 
-@pytest.mark.parametrize("config, model", [("bge-small.yaml", "BAAI/bge-small-en-v1.5"), ("bge-large.yaml", "BAAI/bge-large-en-v1.5")])
-def test_bge_configs_fail_fast_offline_with_a_remedy(repo_root, tmp_path, config, model):
-    """A real process, with no HF_HUB_OFFLINE: the hub is unreachable here and that must be quick."""
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+# Set in the child's environment, never inherited: the test must hold on a machine that is online
+# or that has these models in its Hugging Face cache. Port 9 (discard) on localhost refuses at once.
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+HUB_UNREACHABLE = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    "config, model, network",
+    [
+        ("bge-small.yaml", "BAAI/bge-small-en-v1.5", OFFLINE),
+        ("bge-large.yaml", "BAAI/bge-large-en-v1.5", OFFLINE),
+        ("bge-small.yaml", "BAAI/bge-small-en-v1.5", HUB_UNREACHABLE),  # the probe's path
+    ],
+    ids=["small-offline", "large-offline", "small-hub-unreachable"],
+)
+def test_bge_configs_fail_fast_offline_with_a_remedy(repo_root, tmp_path, config, model, network):
+    """A real process, with the model not in its (empty) cache: it must fail quickly with the fix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE"))}
+    env.update(network, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_CACHE=str(tmp_path / "hf-home" / "hub"))
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "rag_pipeline.cli", "ingest", str(repo_root / "configs" / config),
@@ -75,3 +90,4 @@ def test_bge_configs_fail_fast_offline_with_a_remedy(repo_root, tmp_path, config
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: embeddings.model: '{model}' is not in the local Hugging Face cache")
     assert f"hf download {model}" in last
+    assert ("HF_HUB_OFFLINE is set" if network is OFFLINE else "the hub cannot be reached") in last

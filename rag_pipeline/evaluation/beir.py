@@ -24,6 +24,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from ..errors import ConfigError
+from .metrics import queries_without_relevant
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ class BeirDataset:
             "queries": len(self.queries),
             "documents": len(self.corpus),
             "relevant_pairs": sum(1 for judged in self.qrels.values() for grade in judged.values() if grade > 0),
+            # judged, but only grade 0: scored 0 and averaged in, as BEIR does
+            "queries_without_relevant": len(queries_without_relevant(self.qrels)),
             "subset": self.subset.to_dict() if self.subset else None,
             "files_sha256": self.files_sha256,
         }

@@ -4,10 +4,22 @@ No metric is computed here by hand: a published number can only be reproduced wi
 implementation, and trec_eval's is the reference. This module only translates names
 (``ndcg@10`` -> trec_eval's ``ndcg_cut_10``) and averages per-query values.
 
-Conventions (trec_eval's, stated because they change numbers):
+Conventions (BEIR's ``EvaluateRetrieval.evaluate`` and trec_eval's, stated because they change numbers):
   * gains are the qrels grades as they are (linear), so nDCG is trec_eval's ``ndcg_cut``;
-  * the mean is over every query of the qrels that has at least one relevant document; a query
-    the run has nothing for counts as 0 (trec_eval ``-c``), it is not dropped;
+  * the mean is over EVERY query of the qrels, as BEIR averages. A query whose judgements are
+    all grade 0 has no relevant document, so trec_eval scores it 0 on every measure (nDCG's
+    ideal DCG is 0); BEIR keeps such queries in its mean, so they pull it down, and so do we
+    (checked against ``beir`` 2.2.0: on the hand-made qrels of the tests, 4 queries with a relevant
+    document and 1 without, BEIR prints NDCG@10 0.30213 = 4/5 of the mean over the 4).
+    :func:`queries_without_relevant` counts them, for the report;
+  * a query the run has nothing for counts as 0 (trec_eval ``-c``). BEIR's search always returns
+    an entry for every query (possibly empty, which pytrec_eval scores 0), so this is the same
+    mean BEIR prints; here a query missing from the run cannot silently raise the mean;
+  * ``ignore_identical_ids`` (BEIR's default): a retrieved document whose id equals the query's
+    id is removed before scoring (:func:`drop_identical_ids`). In ArguAna, Quora and CQADupStack
+    the queries are corpus documents; each would find itself at rank 1, unjudged, and push every
+    relevant document down a rank. BEIR's search asks for one document more than its depth and
+    drops the query's own id there, so a run keeps ``depth`` other documents: callers do the same;
   * ties in score are broken by document id, descending (what trec_eval does);
   * ``mrr@k``: trec_eval's ``recip_rank`` has no cut-off, so it is computed on the run cut to
     its top ``k`` per query — the definition of MRR@k.
@@ -57,7 +69,7 @@ def evaluate_run(qrels: Qrels, run: Run, metrics: Iterable[str] = METRICS) -> Me
 
     metrics = list(metrics)
     parsed = {name: parse_metric(name) for name in metrics}
-    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
+    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items()}
     clean_run = {q: {str(d): float(s) for d, s in run.get(q, {}).items()} for q in judged}
     per_query: dict[str, dict[str, float]] = {q: {} for q in judged}
 
@@ -84,6 +96,23 @@ def evaluate_run(qrels: Qrels, run: Run, metrics: Iterable[str] = METRICS) -> Me
     count = len(judged)
     mean = {name: (sum(per_query[q][name] for q in judged) / count if count else 0.0) for name in metrics}
     return MetricReport(mean=mean, per_query=per_query)
+
+
+def queries_without_relevant(qrels: Qrels) -> list[str]:
+    """Queries whose judgements are all grade 0 (or none): they score 0 and still count in the mean."""
+    return [q for q, docs in qrels.items() if not any(g > 0 for g in docs.values())]
+
+
+def drop_identical_ids(run: Run, depth: int | None = None) -> dict[str, dict[str, float]]:
+    """``run`` without any document whose id is its query's id, each query cut to its best ``depth``.
+
+    BEIR's ``ignore_identical_ids=True``; pass ``depth`` when the run was fetched one deeper
+    (as BEIR fetches) so that every query keeps ``depth`` documents, the query's own or not.
+    """
+    return {
+        q: dict(ranked({d: s for d, s in docs.items() if d != q})[:depth])
+        for q, docs in run.items()
+    }
 
 
 def ranked(scores: Mapping[str, float]) -> list[tuple[str, float]]:

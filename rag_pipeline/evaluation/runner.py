@@ -49,7 +49,7 @@ from ..errors import ConfigError, IndexMismatchError
 from ..pipeline import Pipeline
 from ..retrieval.path import document_key
 from .beir import BeirDataset
-from .metrics import METRICS, evaluate_run, ranked
+from .metrics import METRICS, drop_identical_ids, evaluate_run, ranked
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class EvalResult:
         data = self.dataset
         subset = " (subset: not comparable to published numbers)" if data.get("subset") else ""
         lines = [
-            f"{data['name']} ({data['split']}): {data['queries']} queries, {data['documents']} documents, "
+            f"{data['name']} ({data['split']}): {data['queries']} queries"
+            + (f" ({data['queries_without_relevant']} with no relevant document, scored 0 as in BEIR)" if data.get("queries_without_relevant") else "")
+            + f", {data['documents']} documents, "
             f"{self.timings['index']['chunks']} chunks, {self.config['evaluation']['search']} search{subset}",
         ]
         stages = list(STAGES) if self.reranked else ["first_stage"]
@@ -150,12 +152,15 @@ def evaluate(
     query_batch_size: int = 64,
     metrics: tuple[str, ...] = METRICS,
     show_progress: bool | None = None,
+    ignore_identical_ids: bool = True,
 ) -> EvalResult:
     """Index ``dataset``'s corpus with the configured pipeline, run its queries and score them.
 
     ``depth``: documents kept per query (100: enough for Recall@100 and MAP@100).
     ``rerank_depth``: chunks per query the reranker rescores (default ``retriever.fetch_k``).
     ``search``: ``exact`` (every chunk scored) or ``ann`` (Chroma's HNSW index, as in serving).
+    ``ignore_identical_ids``: drop a retrieved document whose id is the query's id, as BEIR does
+    by default (see :mod:`.metrics`); needed for ArguAna, Quora and CQADupStack.
     """
     started = time.perf_counter()
     base = _as_config(config, overrides)
@@ -211,8 +216,10 @@ def evaluate(
     timings["embed_queries"] = time.perf_counter() - tick
     tick = time.perf_counter()
     rerank_depth = (rerank_depth or pipe.config.retriever.fetch_k) if reranker is not None else 0
-    hits = path.covering(texts, depth, encoded=encoded, with_text=reranker is not None)
-    doc_runs = [_best_chunk_per_doc(found, depth) for found in hits]
+    # As BEIR: search one deeper, so that dropping the query's own id still leaves `depth` documents.
+    extra = 1 if ignore_identical_ids else 0
+    hits = path.covering(texts, depth + extra, encoded=encoded, with_text=reranker is not None)
+    doc_runs = [_best_chunk_per_doc(found, depth + extra) for found in hits]
     timings["search"] = time.perf_counter() - tick
     first_stage = dict(zip(query_ids, doc_runs))
 
@@ -225,9 +232,13 @@ def evaluate(
         for q, text, found in tqdm(
             list(zip(query_ids, texts, hits)), desc="Reranking", unit="query", disable=not show_progress
         ):
-            reranked = path.rerank(text, found[:rerank_depth], top_n=None)
-            final[q] = _reranked_run(reranked, first_stage[q], depth)
+            pool = [h for h in found if not (ignore_identical_ids and document_key(h) == q)][:rerank_depth]
+            reranked = path.rerank(text, pool, top_n=None)
+            final[q] = _reranked_run(reranked, first_stage[q], depth + extra)
         timings["rerank"] = time.perf_counter() - tick
+    if ignore_identical_ids:
+        first_stage = drop_identical_ids(first_stage, depth)
+        final = drop_identical_ids(final, depth) if reranker is not None else first_stage
 
     tick = time.perf_counter()
     reports = {"first_stage": evaluate_run(dataset.qrels, first_stage, metrics)}
@@ -246,6 +257,7 @@ def evaluate(
                 "depth": depth,
                 "rerank_depth": rerank_depth if reranker is not None else None,
                 "doc_score": "best chunk",
+                "ignore_identical_ids": ignore_identical_ids,
                 "metrics_library": "pytrec_eval (trec_eval)",
             },
         },

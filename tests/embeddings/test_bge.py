@@ -113,7 +113,30 @@ def test_unregistered_package_is_refused():
         BgeEmbeddings(BgeEmbeddingsConfig(model="package:os")).resolved
 
 
-def test_missing_hub_model_fails_fast_with_a_remedy(monkeypatch):
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """No model in the Hugging Face cache, whatever this machine has downloaded."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """No connection can be opened, whether or not this machine is online (or huggingface_hub
+    was imported in offline mode by an earlier test): the probe must meet a dead network."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def test_missing_hub_model_fails_fast_with_a_remedy(monkeypatch, empty_hf_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model="BAAI/bge-small-en-v1.5"))
     started = time.monotonic()
@@ -124,14 +147,18 @@ def test_missing_hub_model_fails_fast_with_a_remedy(monkeypatch):
     assert "BAAI/bge-small-en-v1.5" in message and "hf download BAAI/bge-small-en-v1.5" in message
 
 
-def test_missing_hub_model_fails_fast_without_offline_flag(monkeypatch):
+def test_missing_hub_model_fails_fast_without_offline_flag(monkeypatch, empty_hf_cache, hub_unreachable):
     """No HF_HUB_OFFLINE: one short probe of the hub, not a minute of retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as if imported without the flag
     embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model="BAAI/bge-base-en-v1.5"))
     started = time.monotonic()
-    with pytest.raises(ModelNotAvailableError, match="BAAI/bge-base-en-v1.5"):
+    with pytest.raises(ModelNotAvailableError, match="BAAI/bge-base-en-v1.5") as error:
         embeddings.resolved
     assert time.monotonic() - started < 15
+    assert "the hub cannot be reached" in str(error.value)
 
 
 def test_count_tokens_counts_special_tokens(tiny):

@@ -155,3 +155,38 @@ def test_other_weights_in_a_folder_of_the_same_name_are_evaluated_on_their_own_v
     other = evaluate(_config(tmp_path, tiny_bge_same_name_dir), dataset, show_progress=False)
     assert other.timings["index"]["embedded"] == 8  # neither the first model's collection nor its cache
     assert other.runs["first_stage"] != first.runs["first_stage"]
+
+
+@pytest.fixture
+def self_retrieving(tmp_path):
+    """ArguAna-like: the query "bees" is the corpus document "bees" itself; "q3" is judged only grade 0."""
+    folder = write_beir(tmp_path / "selfish")
+    bees = "Bees Honey bees dance to tell the hive where the flowers are."
+    (folder / "queries.jsonl").write_text(
+        json.dumps({"_id": "bees", "text": bees}) + "\n" + json.dumps({"_id": "q3", "text": "green tea"}) + "\n"
+    )
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nbees\tmoon\t1\nq3\tcoffee\t0\n")
+    return load_beir(folder)
+
+
+@pytest.mark.parametrize("reranked", [False, True])
+def test_a_query_never_retrieves_its_own_id_and_keeps_depth_documents(tmp_path, self_retrieving, tiny_reranker_dir, reranked):
+    sections = {"reranker": {"type": "bge-reranker", "model": str(tiny_reranker_dir), "device": "cpu"}} if reranked else {}
+    config = _config(tmp_path, MINILM, **sections)
+    kept = evaluate(config, self_retrieving, depth=4, ignore_identical_ids=False, show_progress=False)
+    assert list(kept.runs["first_stage"]["bees"])[0] == "bees"  # its own text: rank 1
+    assert kept.config["evaluation"]["ignore_identical_ids"] is False
+
+    result = evaluate(config, self_retrieving, depth=3, show_progress=False)  # BEIR's default: dropped
+    assert result.config["evaluation"]["ignore_identical_ids"] is True
+    for stage in ("first_stage", "final"):
+        run = result.runs[stage]["bees"]
+        assert "bees" not in run and len(run) == 3  # searched one deeper, so 3 other documents remain
+    assert list(result.runs["first_stage"]["bees"]) == list(kept.runs["first_stage"]["bees"])[1:]
+    if reranked:
+        assert "bees" in kept.runs["final"]["bees"]
+    # "q3" has no relevant document: nDCG 0, averaged in as BEIR does, and reported
+    assert result.per_query["first_stage"]["q3"]["ndcg@10"] == 0.0
+    assert result.metrics["first_stage"]["ndcg@10"] == pytest.approx(result.per_query["first_stage"]["bees"]["ndcg@10"] / 2)
+    assert result.dataset["queries_without_relevant"] == 1
+    assert "2 queries (1 with no relevant document, scored 0 as in BEIR)" in result.table()

@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+
 from conftest import pipeline_config
 from rag_pipeline import IndexMismatchError, Pipeline
+from rag_pipeline.vectorstores.chroma import ChromaStore, ChromaStoreConfig
 
 
 def _pipe(corpus, index, model, **overrides):
@@ -71,17 +75,49 @@ def test_fingerprint_guard_refuses_another_instruction(small_corpus, tmp_path, t
         changed.ingest()
 
 
-def test_collection_is_cosine_and_scores_are_cosine_similarity(small_corpus, tmp_path, tiny_bge_dir):
-    pipe = _pipe(small_corpus, tmp_path / "index", tiny_bge_dir)
-    pipe.ingest()
-    assert pipe.store.collection.metadata["hnsw:space"] == "cosine"
-    hits = pipe.as_retriever(k=3).invoke("moon and tides")
-    query = np.array(pipe.embeddings.embed_query("moon and tides"))
-    stored = pipe.store.collection.get(ids=[h.id for h in hits], include=["embeddings"])
-    vectors = dict(zip(stored["ids"], stored["embeddings"]))
-    for hit in hits:
-        assert hit.metadata["score"] == pytest.approx(float(query @ np.array(vectors[hit.id])), abs=1e-4)
-    assert [h.metadata["score"] for h in hits] == sorted((h.metadata["score"] for h in hits), reverse=True)
+class FixedEmbeddings(Embeddings):
+    """Every query is the unit vector (1, 0, 0): scores can be checked against known cosines
+    (a real tiny model gives every pair a cosine of 0.99999x, so a constant score would pass)."""
+
+    def embed_query(self, text):
+        return [1.0, 0.0, 0.0]
+
+    def embed_documents(self, texts):
+        raise AssertionError("passage vectors are given to upsert, never computed here")
+
+    def fingerprint(self, **kwargs):
+        return {"model": "fixed-unit-vectors", "dimension": 3}
+
+
+# passages at known cosines with the query (1, 0, 0), all unit vectors
+COSINES = {"near": 0.9, "half": 0.5, "away": -0.2}
+VECTORS = {
+    "near": [0.9, (1 - 0.81) ** 0.5, 0.0],
+    "half": [0.5, 0.0, 0.75**0.5],
+    "away": [-0.2, -(0.96**0.5), 0.0],
+}
+
+
+@pytest.mark.parametrize("distance", ["cosine", "ip", "l2"])
+def test_scores_are_the_true_cosines_for_every_distance(tmp_path, distance):
+    # unit vectors: cosine similarity = inner product = 1 - squared L2 distance / 2
+    store = ChromaStore(ChromaStoreConfig(persist_directory=tmp_path / "index", distance=distance), FixedEmbeddings())
+    chunks = [Document(page_content=name, metadata={"source": name}, id=name) for name in VECTORS]
+    store.upsert(chunks, np.array([VECTORS[name] for name in VECTORS]))
+    assert store.collection.metadata["hnsw:space"] == distance
+    hits = store.search("anything", k=3)
+    assert [h.id for h in hits] == ["near", "half", "away"]
+    assert [h.metadata["score"] for h in hits] == pytest.approx([0.9, 0.5, -0.2], abs=1e-5)
+
+
+def test_cosine_scores_do_not_depend_on_the_passage_vectors_length(tmp_path):
+    store = ChromaStore(ChromaStoreConfig(persist_directory=tmp_path / "index"), FixedEmbeddings())
+    assert store.config.distance == "cosine"  # the default
+    lengths = {"near": 3.0, "half": 0.2, "away": 7.0}
+    chunks = [Document(page_content=name, metadata={"source": name}, id=name) for name in VECTORS]
+    store.upsert(chunks, np.array([np.multiply(VECTORS[name], lengths[name]) for name in VECTORS]))
+    hits = store.search("anything", k=3)
+    assert {h.id: h.metadata["score"] for h in hits} == pytest.approx(COSINES, abs=1e-5)
 
 
 def test_writes_are_batched_under_the_limit(small_corpus, tmp_path, tiny_bge_dir):
