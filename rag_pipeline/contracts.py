@@ -54,6 +54,10 @@ class Loader(Protocol):
 
     def source_id(self, file: Path) -> str: ...
 
+    def may_read(self, file: Path) -> bool:
+        """Whether the loader would open ``file`` (ingest hashes nothing else)."""
+        ...
+
     def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> Any: ...
 
 

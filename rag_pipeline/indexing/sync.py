@@ -109,7 +109,9 @@ def plan_sync(
             plan.added.append(source)
             plan.todo.append(FileChange(path, source))
             continue
-        if previous.settings == settings and _unchanged(path, previous, max_file_size, plan):
+        # (a file the loader would not open, a link out of the corpus, is never hashed: it is
+        # "changed", and reading it reports why and drops what it held)
+        if previous.settings == settings and loader.may_read(path) and _unchanged(path, previous, max_file_size, plan):
             plan.unchanged.append(source)
             plan.unchanged_chunks += previous.chunks
             continue
@@ -318,7 +320,8 @@ class Indexer:
         path = change.path
         try:
             st = path.stat()
-            digest = file_sha256(path) if _hashable(st, getattr(self.loader.config, "max_file_size", None)) else ""
+            readable = _hashable(st, getattr(self.loader.config, "max_file_size", None)) and self.loader.may_read(path)
+            digest = file_sha256(path) if readable else ""
         except OSError:
             st, digest = None, ""  # reading it fails too, and the loader says why
         progress = _FileInProgress(change, st, digest)

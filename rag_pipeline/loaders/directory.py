@@ -226,6 +226,11 @@ class DirectoryLoader:
             raise UnreadableFile("replaced while being opened; run the ingest again")
         return handle
 
+    def may_read(self, file: Path) -> bool:
+        """Whether the loader would open ``file`` at all (a symlink that resolves outside the root is
+        not followed unless ``follow_external_links``): ingest hashes only what may be read."""
+        return self._may_read(file, Path(os.path.realpath(file)))
+
     def _may_read(self, file: Path, target: Path) -> bool:
         # The file loader.path names itself is read wherever it points: the user chose it.
         if self.config.follow_external_links or file == self.config.path:

@@ -205,3 +205,20 @@ def test_ingest_settings_are_validated(config):
     config["ingest"] = {"cleanup": "sometimes"}
     with pytest.raises(ConfigError, match=r"^ingest\.cleanup: Input should be 'full', 'incremental' or 'none'"):
         Pipeline.from_config(config)
+
+
+def test_a_link_out_of_the_corpus_is_never_read_not_even_to_hash_it(config, corpus, spies, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("the password is swordfish\n")
+    (corpus / "leak.txt").symlink_to(outside)
+    report = Pipeline.from_config(config).ingest()
+    assert "leak.txt" not in spies["hashed"] and "secret.txt" not in spies["hashed"]
+    assert [e.source for e in report.errors] == ["leak.txt"]
+    assert "outside loader.path" in report.errors[0].reason
+    # a file that was indexed and is then replaced by such a link loses its chunks, unread
+    (corpus / "bees.txt").unlink()
+    (corpus / "bees.txt").symlink_to(outside)
+    spies["hashed"].clear()
+    again = Pipeline.from_config(config).ingest()
+    assert spies["hashed"] == [] and again.deleted > 0
+    assert "bees.txt" not in {d.metadata["source"] for d in Pipeline.from_config(config).query("bees", k=50)}
