@@ -7,7 +7,6 @@ retrieval path is :mod:`rag_pipeline.retrieval`'s. This module wires them togeth
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from langchain_core.retrievers import BaseRetriever
 from .config import PipelineConfig, load_config
 from .errors import ConfigError, IndexNotFoundError
 from .indexing.cache import EmbeddingCache
+from .jsonl import read_json_objects
 from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
 from .indexing.report import IngestReport, SyncPlan
@@ -264,18 +264,8 @@ class Pipeline:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"sample_queries: file not found: {path}")
+        if path.suffix == ".jsonl":
+            records = read_json_objects(path, ("query",), label="sample_queries: ")
+            return [str(record["query"]) for record in records]
         lines = path.read_text(encoding="utf-8").split("\n")
-        if path.suffix != ".jsonl":
-            return [line.strip() for line in lines if line.strip()]
-        queries = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"sample_queries: {path}: line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("query"), str):
-                raise ConfigError(f'sample_queries: {path}: line {number}: expected an object with a "query" string')
-            queries.append(record["query"])
-        return queries
+        return [line.strip() for line in lines if line.strip()]

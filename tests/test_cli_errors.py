@@ -63,7 +63,7 @@ def test_sample_queries_jsonl_without_query_is_one_line(config_file, tmp_path, c
     queries = tmp_path / "queries.jsonl"
     queries.write_text(json.dumps({"query": "bees"}) + "\n" + json.dumps({"text": "tides"}) + "\n")
     assert main(["run", str(config_file), "-q", "--set", f"sample_queries={queries}"]) == 2
-    assert _error_line(capsys) == f'error: sample_queries: {queries}: line 2: expected an object with a "query" string'
+    assert _error_line(capsys) == f"error: sample_queries: {queries}: line 2: expected a JSON object with query"
 
 
 def test_set_retriever_k_beats_a_top_n_from_the_file(config_file, capsys):

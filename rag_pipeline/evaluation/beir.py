@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from ..errors import ConfigError
+from ..jsonl import read_json_objects
 from .metrics import queries_without_relevant
 
 
@@ -134,10 +134,10 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
                 hint = f"; available splits: {', '.join(splits) or '(none)'}"
             raise ConfigError(f"--dataset: {file} not found (not a BEIR folder?){hint}")
     qrels = _read_qrels(files["qrels"])
-    all_queries = _read_jsonl(files["queries"], required=("_id", "text"))
+    all_queries = read_json_objects(files["queries"], required=("_id", "text"))
     corpus = {
         str(record["_id"]): {"title": str(record.get("title") or ""), "text": str(record.get("text") or "")}
-        for record in _read_jsonl(files["corpus"], required=("_id",))
+        for record in read_json_objects(files["corpus"], required=("_id",))
     }
     query_text = {str(record["_id"]): str(record["text"]) for record in all_queries}
     missing = [q for q in qrels if q not in query_text]
@@ -152,22 +152,6 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
         qrels=qrels,
         files_sha256={key: _sha256(file) for key, file in files.items()},
     )
-
-
-def _read_jsonl(file: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    records = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{file}: line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or any(key not in record for key in required):
-                raise ConfigError(f"{file}: line {number}: expected a JSON object with {', '.join(required)}")
-            records.append(record)
-    return records
 
 
 def _read_qrels(file: Path) -> dict[str, dict[str, int]]:

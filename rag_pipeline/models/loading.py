@@ -98,33 +98,17 @@ def load_bi_encoder(
     what: str = "embeddings.model",
 ):
     """A ``SentenceTransformer`` in eval mode, shared with every caller that asks for the same."""
-    source, revision = _source(resolved)
-    key = HandleKey(
-        "bi-encoder", source, revision, identity, precision.device, precision.dtype, max_seq_length,
-        trust_remote_code, cache_folder,
-    )
 
-    def load():
+    def build(source: str, options: dict[str, Any]):
         from sentence_transformers import SentenceTransformer
 
-        try:
-            model = SentenceTransformer(
-                source,
-                device=precision.device,
-                trust_remote_code=trust_remote_code,
-                local_files_only=resolved.local_files_only,
-                cache_folder=cache_folder,
-                revision=revision,
-                model_kwargs={"dtype": precision.torch_dtype},
-            )
-        except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
-            raise _not_available(what, resolved, exc) from None
+        model = SentenceTransformer(source, **options)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
         model.eval()
         return model
 
-    return _shared(key, load)
+    return _load_shared("bi-encoder", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what)
 
 
 def load_cross_encoder(
@@ -138,26 +122,44 @@ def load_cross_encoder(
     what: str = "reranker.model",
 ):
     """A sentence-transformers ``CrossEncoder``, shared like :func:`load_bi_encoder`."""
+
+    def build(source: str, options: dict[str, Any]):
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(source, max_length=max_length, **options)
+
+    return _load_shared("cross-encoder", build, resolved, precision, identity, max_length, trust_remote_code, cache_folder, what)
+
+
+def _load_shared(
+    kind: str,
+    build: Callable[[str, dict[str, Any]], Any],
+    resolved: ResolvedModel,
+    precision: Precision,
+    identity: str,
+    length: int | None,
+    trust_remote_code: bool,
+    cache_folder: str | None,
+    what: str,
+):
+    """One model per (kind, files, precision, length, options) in this process, loaded on first
+    ask; a load that fails for want of files is one ``ModelNotAvailableError`` with the remedy."""
     source, revision = _source(resolved)
     key = HandleKey(
-        "cross-encoder", source, revision, identity, precision.device, precision.dtype, max_length,
-        trust_remote_code, cache_folder,
+        kind, source, revision, identity, precision.device, precision.dtype, length, trust_remote_code, cache_folder
     )
 
     def load():
-        from sentence_transformers import CrossEncoder
-
+        options = {
+            "device": precision.device,
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": resolved.local_files_only,
+            "cache_folder": cache_folder,
+            "revision": revision,
+            "model_kwargs": {"dtype": precision.torch_dtype},
+        }
         try:
-            return CrossEncoder(
-                source,
-                device=precision.device,
-                max_length=max_length,
-                trust_remote_code=trust_remote_code,
-                local_files_only=resolved.local_files_only,
-                cache_folder=cache_folder,
-                revision=revision,
-                model_kwargs={"dtype": precision.torch_dtype},
-            )
+            return build(source, options)
         except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
             raise _not_available(what, resolved, exc) from None
 
