@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .chunkers import none, recursive, tokens  # noqa: F401
 from .embeddings import bge  # noqa: F401
+from .lexical import bm25  # noqa: F401
 from .loaders import directory  # noqa: F401
 from .rerankers import bge_reranker  # noqa: F401
 from .retrieval import retriever  # noqa: F401

@@ -189,6 +189,10 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
             sections[section] = registration.config_model.model_validate(data, context=context)
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config_model)) from None
+    retriever = sections.get("retriever")
+    for kind, message in (getattr(retriever, "required_stages", dict)() or {}).items():
+        if sections.get(kind) is None:
+            raise ConfigError(message)
     rest = {k: v for k, v in raw.items() if k not in KINDS}
     try:
         return PipelineConfig.model_validate({**rest, **sections, "base_dir": base_dir}, context=context)

@@ -148,7 +148,22 @@ class VectorIndex(Protocol):
 @runtime_checkable
 class LexicalIndex(Protocol):
     """A sparse / lexical index (BM25, BGE-M3 sparse) with the write side of a ``VectorIndex``:
-    it is told the chunks' texts instead of vectors and searched by query text."""
+    it is told the chunks' texts instead of vectors and searched by query text. Scores are the
+    index's own (higher is better; a chunk that matches nothing is not a hit)."""
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    def exists(self) -> bool: ...
+
+    def writing(self) -> ContextManager[None]:
+        """Held around a write session (under the write lock); derived structures are brought up
+        to date when it ends."""
+        ...
+
+    def clear(self) -> None: ...
+
+    def count(self) -> int: ...
 
     def upsert_texts(self, chunks: Sequence[Document]) -> None: ...
 
@@ -156,7 +171,11 @@ class LexicalIndex(Protocol):
 
     def ids(self, where: Filter | None = None) -> set[str]: ...
 
-    def search_batch_text(self, queries: Sequence[str], k: int, where: Filter | None = None) -> list[list[Document]]: ...
+    def documents(self, ids: Sequence[str]) -> list[Document]: ...
+
+    def search_batch_text(
+        self, queries: Sequence[str], k: int, where: Filter | None = None, *, with_text: bool = True
+    ) -> list[list[Document]]: ...
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,7 +24,7 @@ from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
 from .indexing.report import IngestReport, SyncPlan
 from .indexing.state import IndexState
-from .indexing.sinks import DenseSink
+from .indexing.sinks import DenseSink, LexicalSink
 from .indexing.sync import Indexer, ingest_settings, plan_sync, warn_truncated, write_chunks
 from .registry import KINDS, lookup
 
@@ -76,6 +77,8 @@ class Pipeline:
                 self._stages[kind] = lookup(kind, stage_config.type).builder(stage_config, *needed)
                 if kind == "vectorstore":
                     self._serve_active_collection(self._stages[kind])
+                elif kind == "lexical":
+                    self._place_lexical(self._stages[kind], self.store.collection_name)
         return self._stages[kind]
 
     def _serve_active_collection(self, store: Any) -> None:
@@ -83,6 +86,15 @@ class Pipeline:
         store.resolve_collection = lambda: self.state.active_collection(logical)
         store.change_token = self.state.change_token
         store.use_collection(store.resolve_collection())
+
+    def _place_lexical(self, lexical: Any, collection: str) -> None:
+        """The lexical index lives under the state directory, one per physical collection
+        (``<state>/lexical/<collection>/``), and follows the active one as the vector store does."""
+        directory = self.state.directory
+        logical = self.store.config.collection
+        lexical.resolve_collection = lambda: self.state.active_collection(logical)
+        lexical.change_token = self.state.change_token
+        lexical.place(directory / "lexical" if directory is not None else None, collection)
 
     # -- stages ------------------------------------------------------------------------------------
     @property
@@ -113,6 +125,11 @@ class Pipeline:
         return self.stage("reranker")
 
     @property
+    def lexical(self):
+        """The lexical (BM25) index (``lexical:`` section), or None."""
+        return self.stage("lexical")
+
+    @property
     def state(self) -> IndexState:
         """Record, lock and embedding cache: in ``ingest.state_directory``, else beside the index."""
         if self._state is None:
@@ -138,10 +155,15 @@ class Pipeline:
         per index folder; queries keep answering meanwhile.
         """
         started = time.perf_counter()
-        store = self.store
-        with self.state.lock(self.config.ingest.lock_timeout), store.writing(), self.state.record() as record:
-            prepare_ingest(record, store, store.config.collection)
-            report = self._indexer(store, record, self.config.ingest.cleanup, show_progress).sync()
+        store, lexical = self.store, self.lexical
+        with (
+            self.state.lock(self.config.ingest.lock_timeout),
+            store.writing(),
+            lexical.writing() if lexical is not None else nullcontext(),
+            self.state.record() as record,
+        ):
+            prepare_ingest(record, store, store.config.collection, beside=[lexical] if lexical is not None else ())
+            report = self._indexer(store, record, self.config.ingest.cleanup, show_progress, lexical).sync()
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started
         return report
@@ -174,16 +196,21 @@ class Pipeline:
         The new collection mirrors the sources as they are now (``cleanup: full``).
         """
         started = time.perf_counter()
-        store = self.store
+        store, lexical = self.store, self.lexical
+        beside = [lexical] if lexical is not None else []
         logical = store.config.collection
         with self.state.lock(self.config.ingest.lock_timeout), self.state.record() as record:
-            new = begin_reindex(record, store, logical)
+            new = begin_reindex(record, store, logical, beside=beside)
             building = lookup("vectorstore", store.config.type).builder(store.config, self.embeddings)
             building.use_collection(new)
-            with building.writing():
-                report = self._indexer(building, record, "full", show_progress).sync()
+            building_lexical = None
+            if lexical is not None:  # the new generation's own lexical index, beside the serving one
+                building_lexical = lookup("lexical", lexical.config.type).builder(lexical.config)
+                building_lexical.place(lexical.root, new)
+            with building.writing(), building_lexical.writing() if building_lexical is not None else nullcontext():
+                report = self._indexer(building, record, "full", show_progress, building_lexical).sync()
             with store.writing():
-                finish_reindex(record, store, logical, new)
+                finish_reindex(record, store, logical, new, beside=beside)
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started
         return report
@@ -202,6 +229,12 @@ class Pipeline:
             write_chunks(
                 self.store, self.embeddings, lambda: self.embedding_cache, chunks, report, show_progress=show_progress
             )
+        lexical = self.lexical
+        if lexical is not None:
+            with lexical.writing():
+                unique = {c.id: c for c in chunks}
+                missing = unique.keys() - lexical.ids()
+                lexical.upsert_texts([unique[i] for i in sorted(missing)])
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.collection_count = self.store.count()
         return report
@@ -214,11 +247,16 @@ class Pipeline:
         limit = getattr(self.config.embeddings, "max_seq_length", None)
         return ingest_settings(self.config.loader, self.config.chunker, {"max_seq_length": limit} if limit else None)
 
-    def _indexer(self, store, record: IndexRecord, cleanup: str, show_progress: bool | None) -> Indexer:
+    def _indexer(
+        self, store, record: IndexRecord, cleanup: str, show_progress: bool | None, lexical: Any = None
+    ) -> Indexer:
+        sinks: list[Any] = [DenseSink(store, self.embeddings, lambda: self.embedding_cache)]
+        if lexical is not None:
+            sinks.append(LexicalSink(lexical))
         return Indexer(
             loader=self.loader,
             chunker=lambda: self.chunker,
-            sinks=[DenseSink(store, self.embeddings, lambda: self.embedding_cache)],
+            sinks=sinks,
             collection=store.collection_name,
             record=record,
             settings=self._settings(),

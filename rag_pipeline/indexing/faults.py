@@ -11,6 +11,7 @@ The points, in the order an ingest reaches them:
 * ``loading`` — a file was read to the end and chunked, its last chunks not all written yet;
 * ``embedding`` — a batch of vectors was computed and put in the embedding cache, not yet in Chroma;
 * ``writing`` — a batch of chunks was upserted into Chroma, the record not yet updated;
+* ``lexical`` — that batch was also written to the lexical index (``lexical:``), the record not yet updated;
 * ``recorded`` — the record was committed, a changed file's old chunks not yet deleted;
 * ``removing`` — deleted files were dropped from the record, their chunks not yet from Chroma.
 

@@ -2,7 +2,7 @@
 that makes ingest crash-safe (see :mod:`rag_pipeline.indexing.sync`).
 
 A sink holds chunks by id. The dense sink embeds them (through the embedding cache) into a
-``VectorIndex``; a lexical sink (BM25, BGE-M3 sparse) will index their text beside it, so hybrid
+``VectorIndex``; the lexical sink indexes their text in a ``LexicalIndex`` (BM25) beside it, so hybrid
 retrieval gets both indexes from one ingest, recorded, reconciled and swept together.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from langchain_core.documents import Document
 
-from ..contracts import Embedder, VectorIndex
+from ..contracts import Embedder, LexicalIndex, VectorIndex
 from .cache import EmbeddingCache, encode_with_cache
 from .faults import crash_point
 from .report import IngestReport
@@ -88,6 +88,37 @@ class DenseSink:
         crash_point("writing")
         report.embedded += embedded
         report.added += len(ordered)
+
+
+class LexicalSink:
+    """Chunks -> their texts -> a lexical index (nothing to embed)."""
+
+    name = "lexical"
+
+    def __init__(self, index: LexicalIndex):
+        self.index = index
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.index.max_batch_size
+
+    def exists(self) -> bool:
+        return self.index.exists()
+
+    def count(self) -> int:
+        return self.index.count()
+
+    def ids(self) -> set[str]:
+        return self.index.ids()
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.index.delete(ids)
+
+    def write(self, chunks: Sequence[Document], report: IngestReport) -> None:
+        if not chunks:
+            return
+        self.index.upsert_texts(chunks)
+        crash_point("lexical")
 
 
 def count_truncated(embedder: Any, chunks: Sequence[Document]) -> int:

@@ -9,9 +9,12 @@
 contracts (:mod:`rag_pipeline.contracts`), never to a concrete store or model.
 """
 
-from .first_stage import DenseArm
-from .fusion import fuse_single
+from .first_stage import DenseArm, LexicalArm
+from .fusion import convex, fuse_single, reciprocal_rank
 from .path import RetrievalPath
-from .retriever import DenseRetrieverConfig, PipelineRetriever
+from .retriever import DenseRetrieverConfig, HybridRetrieverConfig, PipelineRetriever
 
-__all__ = ["DenseArm", "DenseRetrieverConfig", "PipelineRetriever", "RetrievalPath", "fuse_single"]
+__all__ = [
+    "DenseArm", "DenseRetrieverConfig", "HybridRetrieverConfig", "LexicalArm", "PipelineRetriever",
+    "RetrievalPath", "convex", "fuse_single", "reciprocal_rank",
+]

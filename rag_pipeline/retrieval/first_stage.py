@@ -1,5 +1,9 @@
 """First-stage arms: each turns a batch of queries into ranked chunk lists from one index.
 
+:class:`DenseArm` searches a ``VectorIndex`` by embedding; :class:`LexicalArm` a ``LexicalIndex``
+(BM25) by the query's words. Both have the same shape (``encode``, ``search_batch``, ``size``), so
+the path, fusion and evaluation treat them alike.
+
 An arm is exact or approximate. ``ann`` asks the index's own search (Chroma's HNSW graph), as
 serving does. ``exact`` scores every chunk that passes the filter with the index's own similarity
 (reading the vectors back once), as BEIR and MTEB do: two HNSW builds of the same SciFact vectors
@@ -14,7 +18,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from langchain_core.documents import Document
 
-from ..contracts import Embedder, Filter, VectorIndex
+from ..contracts import Embedder, Filter, LexicalIndex, VectorIndex
 
 SearchMode = Literal["ann", "exact"]
 
@@ -81,3 +85,25 @@ class DenseArm:
 
 def _scored(document: Document, score: float) -> Document:
     return Document(page_content=document.page_content, metadata={**document.metadata, "score": score}, id=document.id)
+
+
+@dataclass
+class LexicalArm:
+    """Chunks by the words they share with the query (BM25): always exact, nothing to encode."""
+
+    index: LexicalIndex
+    where: Filter | None = None
+    name: str = "bm25"
+
+    def encode(self, queries: Sequence[str]) -> None:
+        return None  # the index tokenizes the query text itself
+
+    def search_batch(
+        self, queries: Sequence[str], k: int, *, encoded: Any = None, with_text: bool = True
+    ) -> list[list[Document]]:
+        """Top-``k`` chunks per query, best first, ``metadata['score']`` = BM25 score (> 0)."""
+        return self.index.search_batch_text(queries, k, self.where, with_text=with_text)
+
+    def size(self) -> int:
+        """How many chunks this arm can return at most (the filtered collection)."""
+        return len(self.index.ids(self.where)) if self.where else self.index.count()

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 from langchain_core.documents import Document
 
 from ..contracts import Reranker
-from .first_stage import DenseArm
+from .first_stage import DenseArm, LexicalArm
 from .fusion import FusionFunction, fuse_single
 
 
@@ -23,12 +23,21 @@ class RetrievalPath:
 
     With a reranker, ``fetch_k`` fused candidates go to the cross-encoder and its best ``k`` come
     out, each with ``metadata['rerank_score']`` beside the first stage's ``score``.
+
+    ``depths``: with several arms, how deep each arm is searched before fusion (at least the ``k``
+    asked for): a document the other arm ranks first may sit deep in this one's list, and fusion
+    can only credit what it sees. One arm is searched exactly ``k`` deep.
     """
 
-    arms: list[DenseArm]
+    arms: list[DenseArm | LexicalArm]
     fuse: FusionFunction = fuse_single
     reranker: Reranker | None = None
     fetch_k: int = 20
+    depths: list[int] | None = None
+
+    def arm_path(self, index: int) -> "RetrievalPath":
+        """The path through one arm alone (no fusion, no reranker): what evaluation reports per arm."""
+        return RetrievalPath(arms=[self.arms[index]], fetch_k=self.fetch_k)
 
     def encode(self, queries: Sequence[str]) -> list[Any]:
         """The queries as each arm searches with them (embedded once, reusable across calls)."""
@@ -39,8 +48,10 @@ class RetrievalPath:
     ) -> list[list[Document]]:
         """The fused top ``k`` chunks per query, before reranking."""
         encoded = encoded if encoded is not None else [None] * len(self.arms)
+        depths = self.depths if self.depths is not None and len(self.arms) > 1 else [k] * len(self.arms)
         per_arm = [
-            arm.search_batch(queries, k, encoded=vectors, with_text=with_text) for arm, vectors in zip(self.arms, encoded)
+            arm.search_batch(queries, max(k, depth), encoded=vectors, with_text=with_text)
+            for arm, vectors, depth in zip(self.arms, encoded, depths)
         ]
         return [self.fuse([lists[i] for lists in per_arm], k) for i in range(len(queries))]
 

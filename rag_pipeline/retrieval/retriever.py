@@ -1,4 +1,8 @@
-"""``retriever.type: dense`` — the pipeline's LangChain retriever over the retrieval path.
+"""``retriever.type: dense`` and ``hybrid`` — the pipeline's LangChain retriever over the retrieval path.
+
+``dense``: the embedding arm alone. ``hybrid``: the arms ``retriever.arms`` lists (``dense``,
+``bm25``; one alone is fine), each searched ``fusion.depth`` deep, fused by ``fusion.method``
+(``convex`` or ``rrf``, :mod:`.fusion`), then reranked when a reranker is configured.
 
 How many results: ``k`` passed to ``as_retriever(k)`` (the CLI's ``--k``), else, with a reranker,
 ``reranker.top_n`` when set, else ``retriever.k``. ``load_config`` makes the user's latest word win
@@ -7,17 +11,19 @@ between the last two: ``--set retriever.k=N`` clears a ``reranker.top_n`` the fi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError, QueryError
 from ..registry import register
 from ..stage_config import StageConfig
-from .first_stage import DenseArm
+from .first_stage import DenseArm, LexicalArm
+from .fusion import convex, fuse_single, reciprocal_rank
 from .path import RetrievalPath
 
 
@@ -28,13 +34,23 @@ def positive_count(value: Any, name: str) -> int:
     return value
 
 
-def build_dense_retriever(
-    config: "DenseRetrieverConfig", embeddings, store, reranker=None, *, k: int | None = None, k_name: str = "k"
-) -> "PipelineRetriever":
+def _result_count(config: Any, reranker: Any, k: int | None, k_name: str) -> int:
     if k is None:
-        k = reranker.top_n if reranker is not None and reranker.top_n else config.k
-    else:
-        k = positive_count(k, k_name)
+        return reranker.top_n if reranker is not None and reranker.top_n else config.k
+    return positive_count(k, k_name)
+
+
+def build_dense_retriever(
+    config: "DenseRetrieverConfig",
+    embeddings,
+    store,
+    reranker=None,
+    lexical=None,
+    *,
+    k: int | None = None,
+    k_name: str = "k",
+) -> "PipelineRetriever":
+    k = _result_count(config, reranker, k, k_name)
     path = RetrievalPath(
         arms=[DenseArm(embeddings, store, where=config.filter, search=config.search)],
         reranker=reranker,
@@ -56,6 +72,132 @@ class DenseRetrieverConfig(StageConfig):
     search: Literal["ann", "exact"] = Field(
         "ann", description="ann: the index's own (HNSW) search; exact: score every chunk (small indexes, evaluation)."
     )
+
+
+ARM_NAMES = ("dense", "bm25")
+
+
+class FusionConfig(BaseModel):
+    """``retriever.fusion``: how the arms' lists become one.
+
+    The defaults (convex, min-max, equal weights, 100 deep) are the choice that holds up across
+    collections rather than the best on one: min-max puts both arms on [0, 1] whatever their score
+    scales, and equal weights assume neither arm is known to be the better one (on SciFact the
+    train split's best weight is near 0.5 too; ``benchmarks/results/scifact-hybrid.md``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["convex", "rrf"] = Field(
+        "convex", description="convex: weighted sum of normalised scores; rrf: reciprocal rank fusion."
+    )
+    weights: dict[str, float] | None = Field(
+        None,
+        description="Per arm, e.g. {dense: 0.5, bm25: 0.5}. Default equal (convex: 1/arms each; rrf: 1 each). "
+        "In a convex combination an arm left out gets what remains of 1.",
+    )
+    k: float = Field(60.0, gt=0, description="rrf: the rank constant (60, as in Cormack et al.).")
+    normalize: Literal["minmax", "zscore", "none"] = Field("minmax", description="convex: per-arm score normalisation.")
+    depth: int | dict[str, int] = Field(
+        100, description="Chunks each arm returns before fusion (one number, or per arm); at least retriever.k."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_are_known_and_non_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, weight in (value or {}).items():
+            if name not in ARM_NAMES:
+                raise ValueError(f"unknown arm {name!r}; arms are {', '.join(ARM_NAMES)}")
+            if weight < 0:
+                raise ValueError(f"the weight of {name} must not be negative, got {weight}")
+        return value
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_is_positive(cls, value: int | dict[str, int]) -> int | dict[str, int]:
+        for name, depth in (value.items() if isinstance(value, dict) else [("depth", value)]):
+            if name != "depth" and name not in ARM_NAMES:
+                raise ValueError(f"unknown arm {name!r}; arms are {', '.join(ARM_NAMES)}")
+            if depth <= 0:
+                raise ValueError(f"must be a positive number of chunks, got {depth}")
+        return value
+
+    def arm_weights(self, arms: list[str]) -> dict[str, float]:
+        given = dict(self.weights or {})
+        missing = [arm for arm in arms if arm not in given]
+        if self.method == "rrf":
+            return {arm: given.get(arm, 1.0) for arm in arms}
+        if not given:
+            return {arm: 1.0 / len(arms) for arm in arms}
+        rest = max(0.0, 1.0 - sum(given[arm] for arm in arms if arm in given))
+        return {arm: given.get(arm, rest / len(missing) if missing else 0.0) for arm in arms}
+
+    def arm_depth(self, arm: str) -> int:
+        return self.depth.get(arm, 100) if isinstance(self.depth, dict) else self.depth
+
+
+def build_hybrid_retriever(
+    config: "HybridRetrieverConfig",
+    embeddings,
+    store,
+    reranker=None,
+    lexical=None,
+    *,
+    k: int | None = None,
+    k_name: str = "k",
+) -> "PipelineRetriever":
+    k = _result_count(config, reranker, k, k_name)
+    arms: list[Any] = []
+    for name in config.arms:
+        if name == "dense":
+            arms.append(DenseArm(embeddings, store, where=config.filter, search=config.search))
+        else:
+            if lexical is None:
+                raise ConfigError("retriever.arms: the bm25 arm needs a `lexical:` section (lexical: {type: bm25})")
+            arms.append(LexicalArm(lexical, where=config.filter, name=name))
+    fusion = config.fusion
+    if len(arms) == 1:
+        fuse = fuse_single
+    elif fusion.method == "rrf":
+        fuse = partial(reciprocal_rank, names=config.arms, weights=fusion.arm_weights(config.arms), constant=fusion.k)
+    else:
+        fuse = partial(convex, names=config.arms, weights=fusion.arm_weights(config.arms), normalize=fusion.normalize)
+    path = RetrievalPath(
+        arms=arms,
+        fuse=fuse,
+        reranker=reranker,
+        fetch_k=max(config.fetch_k, k),
+        depths=[fusion.arm_depth(name) for name in config.arms],
+    )
+    return PipelineRetriever(path=path, k=k)
+
+
+@register("retriever", "hybrid", build_hybrid_retriever)
+class HybridRetrieverConfig(StageConfig):
+    """Several first-stage arms fused into one list (then reranked, with a reranker).
+
+    ``arms``: ``dense`` (the embedding index) and/or ``bm25`` (the ``lexical:`` index); one arm
+    alone is that arm's retrieval (``configs/scifact-bm25.yaml``)."""
+
+    type: Literal["hybrid"] = "hybrid"
+    arms: list[Literal["dense", "bm25"]] = Field(default_factory=lambda: ["dense", "bm25"], min_length=1)
+    k: int = Field(5, gt=0)
+    fetch_k: int = Field(20, gt=0, description="With a reranker: fused candidates it reranks down to k.")
+    filter: dict[str, Any] | None = Field(None, description="Chroma metadata filter, applied by every arm.")
+    search: Literal["ann", "exact"] = Field("ann", description="The dense arm's search (see retriever.type: dense).")
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+
+    @model_validator(mode="after")
+    def _arms_once_each(self) -> "HybridRetrieverConfig":
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms: each arm once, got {self.arms}")
+        return self
+
+    def required_stages(self) -> dict[str, str]:
+        """The optional stage sections this retriever cannot work without, and why."""
+        if "bm25" in self.arms:
+            return {"lexical": "retriever.arms: the bm25 arm needs a `lexical:` section (lexical: {type: bm25})"}
+        return {}
 
 
 class PipelineRetriever(BaseRetriever):
