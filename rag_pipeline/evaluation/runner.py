@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("first_stage", "final")
 VERSIONED_PACKAGES = (
     "rag-pipeline", "torch", "transformers", "sentence-transformers", "chromadb", "langchain-core",
-    "pytrec-eval-terrier", "numpy",
+    "pytrec-eval-terrier", "numpy", "bm25s", "PyStemmer",
 )
 
 
@@ -73,19 +73,27 @@ class EvalResult:
     versions: dict[str, Any]
     reranked: bool = False
     qrels: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    arm_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    arm_runs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"metrics": {"first_stage": {...}, "final": {...}}, "config", "dataset", "timings", "versions"}``.
+        """``{"metrics": {"first_stage": {...}, "final": {...}}, "arms": {...}, "config", "dataset", "timings", "versions"}``.
 
         ``final`` is always present: without a reranker the final output is the first stage's.
+        ``arms``: with several first-stage arms (hybrid), each arm's own metrics (``first_stage``
+        is then their fusion); left out with one arm.
         """
-        return {
+        payload = {
             "metrics": self.metrics,
+            "arms": self.arm_metrics,
             "config": self.config,
             "dataset": self.dataset,
             "timings": self.timings,
             "versions": self.versions,
         }
+        if not self.arm_metrics:
+            del payload["arms"]
+        return payload
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -104,14 +112,16 @@ class EvalResult:
             f"{self.timings['index']['chunks']} chunks, {self.config['evaluation']['search']} search{subset}",
         ]
         stages = list(STAGES) if self.reranked else ["first_stage"]
-        headers = ["metric", *(s.replace("_", " ") for s in stages)]
-        rows = [[name, *(f"{100 * self.metrics[s][name]:.2f}" for s in stages)] for name in self.metrics["first_stage"]]
+        columns = [(arm, self.arm_metrics[arm]) for arm in self.arm_metrics]
+        columns += [("fused" if self.arm_metrics and s == "first_stage" else s.replace("_", " "), self.metrics[s]) for s in stages]
+        headers = ["metric", *(title for title, _ in columns)]
+        rows = [[name, *(f"{100 * values[name]:.2f}" for _, values in columns)] for name in self.metrics["first_stage"]]
         widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
         lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
         for row in rows:
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if not self.reranked:
-            lines.append("(no reranker: the final output is the first stage)")
+            lines.append(f"(no reranker: the final output is the {'fused list' if self.arm_metrics else 'first stage'})")
         index, t = self.timings["index"], self.timings
         lines.append(
             f"index {index['seconds']:.1f}s ({index['embedded']} embedded, {index['from_cache']} from the embedding "
@@ -120,6 +130,7 @@ class EvalResult:
         )
         lines.append(
             f"model load {t['load_models']:.1f}s, query embedding {t['embed_queries']:.1f}s, search {t['search']:.1f}s"
+            + (f" (each arm alone {t['search_arms']:.1f}s)" if self.arm_metrics else "")
             + (f", rerank {t['rerank']:.1f}s" if self.reranked else "")
             + f", total {t['total']:.1f}s"
         )
@@ -193,6 +204,8 @@ def evaluate(
     with pipe.state.lock(pipe.config.ingest.lock_timeout):
         _open_eval_collection(pipe.store)
         _drop_stale_chunks(pipe.store, {c.id for c in chunks})
+        if pipe.lexical is not None:
+            _drop_stale_chunks(pipe.lexical, {c.id for c in chunks})
         report = pipe.index_chunks(chunks, show_progress=show_progress)
     token_counts = embeddings.count_tokens([c.page_content for c in chunks])
     timings["index"] = {
@@ -223,6 +236,16 @@ def evaluate(
     timings["search"] = time.perf_counter() - tick
     first_stage = dict(zip(query_ids, doc_runs))
 
+    # -- each arm alone (hybrid): the same search through one arm, reported beside the fusion -------
+    arm_runs: dict[str, dict[str, dict[str, float]]] = {}
+    if len(path.arms) > 1:
+        tick = time.perf_counter()
+        for index, arm in enumerate(path.arms):
+            alone = path.arm_path(index).covering(texts, depth + extra, encoded=[encoded[index]], with_text=False)
+            run = dict(zip(query_ids, (_best_chunk_per_doc(found, depth + extra) for found in alone)))
+            arm_runs[arm.name] = drop_identical_ids(run, depth) if ignore_identical_ids else run
+        timings["search_arms"] = time.perf_counter() - tick
+
     # -- reranking: the path's own rerank step over the top chunks ---------------------------------
     final = first_stage
     timings["rerank"] = 0.0
@@ -243,6 +266,7 @@ def evaluate(
     tick = time.perf_counter()
     reports = {"first_stage": evaluate_run(dataset.qrels, first_stage, metrics)}
     reports["final"] = evaluate_run(dataset.qrels, final, metrics) if reranker is not None else reports["first_stage"]
+    arm_metrics = {name: evaluate_run(dataset.qrels, run, metrics).mean for name, run in arm_runs.items()}
     timings["metrics"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     return EvalResult(
@@ -266,6 +290,8 @@ def evaluate(
         versions=environment(),
         reranked=reranker is not None,
         qrels={q: dict(d) for q, d in dataset.qrels.items()},
+        arm_metrics=arm_metrics,
+        arm_runs=arm_runs,
     )
 
 
