@@ -148,3 +148,11 @@ def test_first_line_keeps_error_messages_to_one_line():
     assert first_line(OSError("cannot open\nTraceback details\n...")) == "cannot open"
     assert first_line(ValueError("x" * 500), limit=200) == "x" * 200
     assert first_line(RecursionError()) == "RecursionError"  # no message: the type says what happened
+
+
+@pytest.mark.parametrize("name", ["scifact-bm25.yaml", "scifact-hybrid.yaml", "scifact-hybrid-rrf.yaml"])
+def test_shipped_hybrid_configs_validate_and_share_one_index_folder(name):
+    config = load_config(CONFIGS / name)
+    assert config.lexical.type == "bm25" and (config.lexical.k1, config.lexical.b) == (1.2, 0.75)
+    assert config.retriever.type == "hybrid"
+    assert config.vectorstore.persist_directory == (CONFIGS.parent / ".index" / "scifact-hybrid").resolve()

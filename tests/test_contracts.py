@@ -3,12 +3,13 @@ against (``rag_pipeline.contracts``), so those layers never need a concrete clas
 
 from conftest import pipeline_config
 from rag_pipeline import Pipeline
-from rag_pipeline.contracts import Chunker, Embedder, Loader, Reranker, VectorIndex
+from rag_pipeline.contracts import Chunker, Embedder, LexicalIndex, Loader, Reranker, VectorIndex
 
 
 def test_built_in_stages_satisfy_their_contracts(small_corpus, tmp_path, tiny_bge_dir, tiny_reranker_dir):
     config = pipeline_config(small_corpus, tmp_path / "index", str(tiny_bge_dir))
     config["reranker"] = {"model": str(tiny_reranker_dir)}
+    config["lexical"] = {"type": "bm25"}
     pipe = Pipeline.from_config(config)
     for stage, contract in (
         (pipe.loader, Loader),
@@ -16,6 +17,7 @@ def test_built_in_stages_satisfy_their_contracts(small_corpus, tmp_path, tiny_bg
         (pipe.embeddings, Embedder),
         (pipe.store, VectorIndex),
         (pipe.reranker, Reranker),
+        (pipe.lexical, LexicalIndex),
     ):
         assert isinstance(stage, contract), f"{type(stage).__name__} does not satisfy {contract.__name__}"
     # ...and for the token chunker, which the quickstart uses
