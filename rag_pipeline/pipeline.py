@@ -288,6 +288,12 @@ class Pipeline:
                 "run `rag-pipeline ingest CONFIG` first"
             )
         store.check()
+        lexical = self.lexical
+        if lexical is not None and not lexical.exists():
+            raise IndexNotFoundError(
+                f"no lexical index for collection {store.collection_name!r} under {lexical.root} "
+                "(the `lexical:` section is newer than the index); run `rag-pipeline ingest CONFIG` to build it"
+            )
 
     def query(self, text: str, k: int | None = None) -> list[Document]:
         return self.as_retriever(k).invoke(text)

@@ -246,11 +246,12 @@ class BM25Index:
     def writing(self) -> Iterator[None]:
         """Held around a write session: when it ends, the matrices are rebuilt from the store (if it
         changed) and saved, so the next reader memory-maps them instead of rebuilding."""
+        self._store(create=True)  # an ingest of an empty corpus still leaves an (empty) index
         yield
-        store = self._store()
-        if store is not None and (self._built is None or self._built.key != self._key(store.version())):
-            self._current(save=True)
-            self._collect_built()
+        store = self._store(create=True)  # (the session may have switched collections: prepare_ingest)
+        if self._built is None or self._built.key != self._key(store.version()):
+            self._current()
+        self._collect_built()
 
     def upsert_texts(self, chunks: Sequence[Document]) -> None:
         if chunks:
@@ -334,8 +335,9 @@ class BM25Index:
     def _key(self, version: int) -> str:
         return f"{self.config.settings_key()}-{version}"
 
-    def _current(self, save: bool = False) -> _Built:
-        """The matrices of the store as it is now: in memory, memory-mapped from disk, or rebuilt."""
+    def _current(self) -> _Built:
+        """The matrices of the store as it is now: in memory, memory-mapped from disk, or rebuilt
+        (and saved, for the next reader; by any process: the folder appears whole or not at all)."""
         store = self._store(create=True)
         key = self._key(store.version())
         if self._built is not None and self._built.key == key:

@@ -135,3 +135,21 @@ def test_bm25_alone_and_with_a_filter(corpus, tmp_path, tiny_bge_dir):
     )
     filtered.ingest()
     assert {d.metadata["source"] for d in filtered.as_retriever().invoke("moon tea")} == {"tea.txt"}
+
+
+def test_a_lexical_section_added_after_ingest_asks_for_an_ingest(corpus, tmp_path, tiny_bge_dir):
+    from rag_pipeline.errors import IndexNotFoundError
+
+    Pipeline.from_config(pipeline_config(corpus, tmp_path / "index", str(tiny_bge_dir))).ingest()
+    pipe = Pipeline.from_config(hybrid_config(corpus, tmp_path / "index", tiny_bge_dir))
+    with pytest.raises(IndexNotFoundError, match=r"^no lexical index for collection 'test' .*run `rag-pipeline ingest CONFIG`"):
+        pipe.as_retriever()
+    assert not (tmp_path / "index" / "lexical").exists()  # creates nothing
+
+
+def test_an_empty_corpus_leaves_an_empty_lexical_index(tmp_path, tiny_bge_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pipe = Pipeline.from_config(hybrid_config(empty, tmp_path / "index", tiny_bge_dir))
+    pipe.ingest()
+    assert pipe.lexical.exists() and pipe.lexical.count() == 0
