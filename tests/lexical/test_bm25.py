@@ -139,3 +139,9 @@ def test_bad_settings_are_one_line_config_errors(tmp_path):
         load_config({**base, "lexical": {"b": 2}})
     with pytest.raises(ConfigError, match=r"^retriever.arms: the bm25 arm needs a `lexical:` section"):
         load_config({**base, "retriever": {"type": "hybrid"}})
+
+
+def test_chunks_without_any_indexable_word_are_held_and_never_hit():
+    index = index_of(None, texts={"a": "the a an of", "b": "moon landing", "c": ""})
+    assert index.count() == 3
+    assert [[d.id for d in hits] for hits in index.search_batch_text(["moon", "the"], 5)] == [["b"], []]
