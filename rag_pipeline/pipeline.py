@@ -203,10 +203,8 @@ class Pipeline:
             new = begin_reindex(record, store, logical, beside=beside)
             building = lookup("vectorstore", store.config.type).builder(store.config, self.embeddings)
             building.use_collection(new)
-            building_lexical = None
-            if lexical is not None:  # the new generation's own lexical index, beside the serving one
-                building_lexical = lookup("lexical", lexical.config.type).builder(lexical.config)
-                building_lexical.place(lexical.root, new)
+            # the new generation's own lexical index, beside the serving one
+            building_lexical = lexical.for_collection(new) if lexical is not None else None
             with building.writing(), building_lexical.writing() if building_lexical is not None else nullcontext():
                 report = self._indexer(building, record, "full", show_progress, building_lexical).sync()
             with store.writing():

@@ -206,6 +206,14 @@ class BM25Index:
         self.root = Path(root) if root is not None else None
         self.use_collection(collection)
 
+    def for_collection(self, name: str) -> "BM25Index":
+        """Another view of this index's storage, serving ``name``: where ``reindex`` builds the new
+        generation (in memory too, where the two must share their stores)."""
+        other = BM25Index(self.config)
+        other.root, other._stores = self.root, self._stores
+        other.use_collection(name)
+        return other
+
     def use_collection(self, name: str) -> None:
         if name != self.collection_name:
             self.collection_name = name

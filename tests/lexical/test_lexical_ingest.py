@@ -153,3 +153,11 @@ def test_an_empty_corpus_leaves_an_empty_lexical_index(tmp_path, tiny_bge_dir):
     pipe = Pipeline.from_config(hybrid_config(empty, tmp_path / "index", tiny_bge_dir))
     pipe.ingest()
     assert pipe.lexical.exists() and pipe.lexical.count() == 0
+
+
+def test_reindex_in_memory_keeps_bm25(corpus, tiny_bge_dir):
+    pipe = Pipeline.from_config(hybrid_config(corpus, None, tiny_bge_dir, arms=["bm25"]))
+    pipe.ingest()
+    pipe.reindex()
+    assert pipe.lexical.collection_name == "test.v2"
+    assert [d.metadata["source"] for d in pipe.as_retriever().invoke("moon")] == ["tides.txt"]
