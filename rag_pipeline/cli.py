@@ -89,6 +89,8 @@ def _print_results(query: str, documents: Sequence[Any]) -> None:
     for rank, document in enumerate(documents, start=1):
         meta = document.metadata
         scores = f"score={meta.get('score', float('nan')):.3f}"
+        if any(f"{arm}_rank" in meta for arm in ("dense", "bm25")):  # fused: each arm's rank, "-" if it missed
+            scores += "".join(f" {arm}#{meta.get(f'{arm}_rank', '-')}" for arm in ("dense", "bm25"))
         if "rerank_score" in meta:
             scores += f" rerank={meta['rerank_score']:.3f}"
         snippet = " ".join(document.page_content.split())[:100]

@@ -46,6 +46,9 @@ from ..registry import register
 from ..stage_config import StageConfig
 
 logger = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG when imported, so every index build would print under any
+# handler (the CLI's included); its debug lines are of no use to a user.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 STORE_FILENAME = "chunks.sqlite"
 BUILT_FOLDER = "bm25"

@@ -161,3 +161,15 @@ def test_reindex_in_memory_keeps_bm25(corpus, tiny_bge_dir):
     pipe.reindex()
     assert pipe.lexical.collection_name == "test.v2"
     assert [d.metadata["source"] for d in pipe.as_retriever().invoke("moon")] == ["tides.txt"]
+
+
+def test_query_prints_where_each_arm_ranked_a_fused_result(capsys):
+    from langchain_core.documents import Document
+
+    from rag_pipeline.cli import _print_results
+
+    fused = Document(page_content="tides", metadata={"score": 0.75, "dense_rank": 2, "bm25_rank": 1, "doc_id": "t"}, id="t")
+    dense_only = Document(page_content="moon", metadata={"score": 0.5, "dense_rank": 1, "doc_id": "m"}, id="m")
+    _print_results("q", [fused, dense_only])
+    out = capsys.readouterr().out
+    assert "[score=0.750 dense#2 bm25#1] t" in out and "[score=0.500 dense#1 bm25#-] m" in out
