@@ -70,7 +70,7 @@ def run_eval(config: Path, dataset: Path, index: Path, out: Path, *extra: str) -
         sys.executable, "-m", "rag_pipeline.cli", "eval", str(config), "--dataset", str(dataset), "--split", "test",
         "--json", str(out), "-q", "--set", f"vectorstore.persist_directory={index}", *extra,
     ]
-    shown = "rag-pipeline " + " ".join(shlex.quote(os.path.relpath(c) if c.startswith("/") else c) for c in command[3:])
+    shown = "rag-pipeline " + " ".join(shlex.quote(_relative(c)) for c in command[3:])
     print("$", shown, flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -79,6 +79,14 @@ def run_eval(config: Path, dataset: Path, index: Path, out: Path, *extra: str) -
     print(done.stdout, flush=True)
     report = json.loads(out.read_text())
     return {"command": shown, "wall_s": time.perf_counter() - started, "table": done.stdout.strip(), "report": report}
+
+
+def _relative(argument: str) -> str:
+    """An absolute path (alone, or after ``key=``) as seen from the working directory."""
+    key, sep, value = argument.rpartition("=")
+    if value.startswith("/"):
+        return f"{key}{sep}{os.path.relpath(value)}"
+    return argument
 
 
 def test_runs(dataset: Path, index: Path, dense_weight: float, out: Path) -> dict:
