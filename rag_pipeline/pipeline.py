@@ -214,7 +214,8 @@ class Pipeline:
         return report
 
     def index_chunks(self, chunks: list[Document], show_progress: bool | None = None) -> IngestReport:
-        """Embed and write the chunks the collection does not hold yet, batch by batch.
+        """Embed and write the chunks the collection does not hold yet, batch by batch (and, with a
+        ``lexical:`` section, index the texts the lexical index does not hold yet).
 
         A primitive for collections you manage yourself (evaluation): it keeps no record and takes
         no lock. Chunks written this way are not ingest's: an ``ingest()`` into the same collection

@@ -16,6 +16,9 @@ Why it is built this way:
     approximate index would put build-to-build noise into every A/B comparison.
   * A document's score is its best chunk's score, and enough chunks are fetched that every
     query has ``depth`` (100) distinct documents, so Recall@100 is measured on 100 documents.
+  * With several first-stage arms (``retriever.type: hybrid``), each arm is also run alone over the
+    same queries (its queries encoded once), so one report holds each arm, their fusion (the first
+    stage) and the final output: an A/B of the fusion against its own arms in the same run.
   * With a reranker, the first stage's top ``rerank_depth`` chunks (default ``retriever.fetch_k``,
     what the pipeline reranks in use) are rescored by the cross-encoder; a document's rerank score
     is its best chunk's; documents below the reranked depth follow in first-stage order.
