@@ -13,6 +13,7 @@ Markdown is rewritten from it, so one phase can be rerun alone):
            scifact-hybrid-rrf.
   latency  one query at a time through ``Pipeline.as_retriever(k=10)`` (serving: ``search: ann``)
            over the eval collection: p50/p95 of hybrid, dense alone and BM25 alone, in one process.
+  report   nothing run: the Markdown rewritten from the JSON.
   bm25     BM25 index of the 5,183 abstracts (title + " " + text): build time, size on disk, and the
            cost of a 1% change (52 abstracts edited) against a build from scratch.
 
@@ -216,6 +217,11 @@ def markdown(results: dict, command: str) -> str:
         "dense arm exact search in evaluation, each arm 100 deep before fusion; BM25: bm25s, Lucene, k1 1.2, b 0.75, "
         "English Snowball stemmer and stopwords. Metrics x100 (pytrec_eval).",
         "",
+        "Phases as last run (each merges into `scifact-hybrid.json`; the test runs' own `--json` reports are "
+        "`scifact-bm25.json`, `scifact-hybrid-test.json`, `scifact-hybrid-rrf.json`):",
+        "",
+        *[f"    {command}" for phases, command in results.get("commands", {}).items()],
+        "",
     ]
     sweep_result = results.get("sweep")
     if sweep_result:
@@ -334,7 +340,11 @@ def main() -> None:
         results["latency"] = latency(args.dataset, args.index)
     if "bm25" in phases:
         results["bm25"] = bm25_cost(args.dataset)
-    results.setdefault("commands", {})[args.phases] = command
+    if phases != ["report"]:  # `--phases report` only rewrites the Markdown from the JSON
+        commands = results.setdefault("commands", {})
+        for phase in phases:
+            commands.pop(phase, None)
+        commands[args.phases] = command
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     text = markdown(results, "python benchmarks/eval_hybrid.py --dataset ../shared/datasets/scifact")
     (args.out / "scifact-hybrid.md").write_text(text, encoding="utf-8")

@@ -80,10 +80,10 @@ ARM_NAMES = ("dense", "bm25")
 class FusionConfig(BaseModel):
     """``retriever.fusion``: how the arms' lists become one.
 
-    The defaults (convex, min-max, equal weights, 100 deep) are the choice that holds up across
-    collections rather than the best on one: min-max puts both arms on [0, 1] whatever their score
-    scales, and equal weights assume neither arm is known to be the better one (on SciFact the
-    train split's best weight is near 0.5 too; ``benchmarks/results/scifact-hybrid.md``).
+    The defaults (convex, min-max, equal weights, 100 deep) are meant for any collection, not fitted
+    to one: min-max puts both arms on [0, 1] whatever their score scales, and equal weights assume
+    neither arm is known to be the better one (on SciFact the train split's best weight is 0.5
+    too; ``benchmarks/results/scifact-hybrid.md``).
     """
 
     model_config = ConfigDict(extra="forbid")
