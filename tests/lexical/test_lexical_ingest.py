@@ -173,3 +173,18 @@ def test_query_prints_where_each_arm_ranked_a_fused_result(capsys):
     _print_results("q", [fused, dense_only])
     out = capsys.readouterr().out
     assert "[score=0.750 dense#2 bm25#1] t" in out and "[score=0.500 dense#1 bm25#-] m" in out
+
+
+def test_the_reranker_reranks_the_fused_list(corpus, tiny_bge_dir, tiny_reranker_dir):
+    config = hybrid_config(corpus, None, tiny_bge_dir)
+    config["reranker"] = {"model": str(tiny_reranker_dir), "top_n": 2}
+    pipe = Pipeline.from_config(config)
+    pipe.ingest()
+    retriever = pipe.as_retriever()
+    candidates = retriever.candidates("moon tides")
+    assert len(candidates) == 3 and candidates[0].metadata["bm25_rank"] == 1  # the fused list, all 3 chunks
+    results = retriever.invoke("moon tides")
+    assert len(results) == 2
+    assert all("rerank_score" in d.metadata and "dense_rank" in d.metadata for d in results)
+    scores = {d.id: d.metadata["rerank_score"] for d in pipe.reranker.rank("moon tides", candidates)}
+    assert [d.id for d in results] == sorted(scores, key=scores.get, reverse=True)[:2]
