@@ -176,10 +176,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .evaluation import compare, load_beir, parse_grid
-    from .evaluation.compare import check_can_plot
+    from .evaluation.compare import check_can_plot, validate_grid
 
     grid = parse_grid(args.grid)
     overrides = dict(parse_override(o) for o in args.overrides)
+    validate_grid(args.config, grid, overrides=overrides, metric=args.metric)  # before reading any data
     if args.out:
         check_can_plot()
     dataset = load_beir(args.dataset, split=args.split)

@@ -330,6 +330,35 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], overrides: Mapping[str, Any])
     return checked
 
 
+def validate_grid(
+    config: str | Path | Mapping[str, Any] | PipelineConfig | Pipeline,
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    metric: str = "ndcg@10",
+    stage: str = "final",
+) -> list[PipelineConfig]:
+    """Every combination's validated config, in grid order; the first mistake as a one-line ``ConfigError``.
+
+    Cheap (no model, no data): :func:`compare` calls it before its first run, the CLI before it
+    reads the dataset."""
+    overrides = dict(overrides or {})
+    grid = _check_grid(grid, overrides)
+    try:
+        parse_metric(metric)
+    except ValueError as exc:
+        raise ConfigError(f"--metric: {exc}") from None
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    configs = []
+    for combo in combinations(grid):
+        try:
+            configs.append(_resolve(config, {**overrides, **combo}))
+        except ConfigError as exc:
+            raise ConfigError(f"--grid {label_of(combo)}: {exc}") from None
+    return configs
+
+
 def compare(
     config: str | Path | Mapping[str, Any] | PipelineConfig | Pipeline,
     dataset: BeirDataset,
@@ -351,21 +380,10 @@ def compare(
     """
     overrides = dict(overrides or {})
     grid = _check_grid(grid, overrides)
-    try:
-        parse_metric(metric)
-    except ValueError as exc:
-        raise ConfigError(f"--metric: {exc}") from None
-    if stage not in STAGES:
-        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    configs = validate_grid(config, grid, overrides=overrides, metric=metric, stage=stage)
     metrics = tuple(METRICS) if metric in METRICS else (metric, *METRICS)
     base = _resolve(config, overrides)
     combos = combinations(grid)
-    configs = []
-    for combo in combos:
-        try:
-            configs.append(_resolve(config, {**overrides, **combo}))
-        except ConfigError as exc:
-            raise ConfigError(f"--grid {label_of(combo)}: {exc}") from None
 
     rows: list[ComparisonRow | None] = [None] * len(combos)
     results: list[EvalResult | None] = [None] * len(combos)

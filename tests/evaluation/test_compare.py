@@ -310,6 +310,17 @@ def test_cli_mistakes_are_one_line_exit_2_and_run_nothing(config_file, beir_fold
     assert not (tmp_path / "o").exists() and not (tmp_path / "index").exists()
 
 
+def test_cli_checks_the_grid_before_reading_the_dataset(config_file, tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    args = ["compare", str(config_file), "--dataset", str(missing), "--split", "train", "--grid", "chunker.chunk_sise=1,2"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: --grid chunker.chunk_sise=1: chunker.chunk_sise: unknown key")
+    assert main([*args[:-1], "chunker.chunk_size=1,2", "--metric", "ndcg"]) == 2
+    assert capsys.readouterr().err.startswith("error: --metric: unknown metric 'ndcg'")
+    assert main([*args[:-1], "chunker.chunk_size=100,200"]) == 2  # a valid grid: now the dataset is read
+    assert str(missing) in capsys.readouterr().err
+
+
 def test_cli_requires_a_grid_and_a_split(config_file, beir_folder):
     with pytest.raises(SystemExit) as info:
         main(["compare", str(config_file), "--dataset", str(beir_folder), "--split", "test"])
