@@ -386,7 +386,7 @@ def compare(
     combos = combinations(grid)
 
     rows: list[ComparisonRow | None] = [None] * len(combos)
-    results: list[EvalResult | None] = [None] * len(combos)
+    first: EvalResult | None = None
     keep_loaded: Pipeline | None = None
     for done, i in enumerate(_run_order(grid, combos), start=1):
         started = time.perf_counter()
@@ -398,7 +398,7 @@ def compare(
             warm.reranker.warm_up()
         keep_loaded = warm
         result = evaluate(configs[i], dataset, metrics=metrics, **evaluate_options)
-        results[i] = result
+        first = first or result
         rows[i] = ComparisonRow(
             overrides=combos[i], metrics=result.metrics, timings=result.timings,
             seconds=time.perf_counter() - started, reranked=result.reranked,
@@ -406,11 +406,10 @@ def compare(
         if on_result is not None:
             on_result(done, len(combos), rows[i])
     del keep_loaded
-    first = results[0]
     evaluation = {k: v for k, v in first.config["evaluation"].items() if k != "rerank_depth"}
     return ComparisonResult(
         grid=grid,
-        rows=[row for row in rows if row is not None],
+        rows=rows,
         metric=metric,
         stage=stage,
         dataset=first.dataset,

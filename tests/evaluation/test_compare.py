@@ -197,6 +197,17 @@ def test_runs_sharing_index_settings_are_adjacent_and_rows_keep_grid_order(confi
         assert row.metrics == expected.metrics
 
 
+def test_with_a_reranker_the_stage_picks_the_ranked_number(config, dataset, tiny_reranker_dir):
+    config["reranker"] = {"type": "bge-reranker", "model": str(tiny_reranker_dir), "device": "cpu"}
+    grid = {"retriever.fetch_k": [2, 8]}  # the reranker rescored the top 2 or all 8 documents
+    final = compare(config, dataset, grid, show_progress=False)
+    first = compare(config, dataset, grid, stage="first_stage", show_progress=False)
+    assert all(row.reranked for row in final.rows)
+    assert [first.value(row) for row in first.rows] == [row.metrics["first_stage"]["ndcg@10"] for row in final.rows]
+    assert [final.value(row) for row in final.rows] == [row.metrics["final"]["ndcg@10"] for row in final.rows]
+    assert "| ndcg@10 (first stage) |" in final.to_markdown() and "| ndcg@10 (final) |" in first.to_markdown()
+
+
 # -- outputs ---------------------------------------------------------------------------------------
 def _result(grid, values, metric="ndcg@10"):
     rows = []
