@@ -232,10 +232,13 @@ class ComparisonResult:
             image = axes.imshow(cells, aspect="auto", cmap="viridis")
             figure.colorbar(image, ax=axes, label=ylabel)
             best_at = divmod(self.rows.index(best), n_columns)
+            low, high = min(min(r) for r in cells), max(max(r) for r in cells)
             for i in range(n_rows):
                 for j in range(n_columns):
+                    bright = high > low and (cells[i][j] - low) / (high - low) > 0.6  # viridis turns yellow
                     text = f"{cells[i][j]:.2f}" + (" *" if (i, j) == best_at else "")
-                    axes.text(j, i, text, ha="center", va="center", color="white" if (i, j) != best_at else "red",
+                    color = "red" if (i, j) == best_at else "black" if bright else "white"
+                    axes.text(j, i, text, ha="center", va="center", color=color,
                               fontweight="bold" if (i, j) == best_at else "normal")
             axes.set_xticks(range(n_columns), [format_value(v) for v in self.grid[columns_key]])
             axes.set_yticks(range(n_rows), [format_value(v) for v in self.grid[rows_key]])
