@@ -176,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .evaluation import compare, load_beir, parse_grid
-    from .evaluation.compare import check_can_plot, validate_grid
+    from .evaluation.comparison import check_can_plot, validate_grid
 
     grid = parse_grid(args.grid)
     overrides = dict(parse_override(o) for o in args.overrides)

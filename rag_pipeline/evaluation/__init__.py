@@ -12,7 +12,7 @@
 """
 
 from .beir import BeirDataset, SubsetSpec, load_beir
-from .compare import ComparisonResult, ComparisonRow, compare, parse_grid
+from .comparison import ComparisonResult, ComparisonRow, compare, parse_grid
 from .metrics import METRICS, MetricReport, evaluate_run, recall_curve
 from .runner import EvalResult, eval_collection_name, evaluate
 

@@ -15,10 +15,10 @@ from rag_pipeline import Pipeline
 from rag_pipeline.cli import main
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.evaluation import ComparisonResult, ComparisonRow, compare, evaluate, load_beir, parse_grid
-from rag_pipeline.evaluation.compare import combinations, label_of
+from rag_pipeline.evaluation.comparison import combinations, label_of
 
 # The package exports the function compare, which shadows the module of the same name as an attribute.
-compare_module = sys.modules["rag_pipeline.evaluation.compare"]
+compare_module = sys.modules["rag_pipeline.evaluation.comparison"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
