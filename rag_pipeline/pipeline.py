@@ -136,7 +136,9 @@ class Pipeline:
             directory = self.config.ingest.state_directory
             if directory is None:
                 directory = self.stage("vectorstore").local_directory
-            self._state = IndexState(directory)
+            # (building the store above may already have asked for the state: keep that one)
+            if self._state is None:
+                self._state = IndexState(directory)
         return self._state
 
     @property

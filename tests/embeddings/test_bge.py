@@ -6,7 +6,7 @@ import torch
 
 from rag_pipeline import ConfigError, ModelNotAvailableError
 from rag_pipeline.embeddings import BgeEmbeddings, BgeEmbeddingsConfig
-from rag_pipeline.models import BGE_EN_INSTRUCTION, default_query_instruction
+from rag_pipeline.models import BGE_EN_INSTRUCTION
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +20,6 @@ def _raw_encode(folder, texts):
 
     model = SentenceTransformer(str(folder), device="cpu")
     return model.encode(texts, normalize_embeddings=True)
-
-
-def test_v15_english_models_get_the_v15_instruction():
-    assert BGE_EN_INSTRUCTION == "Represent this sentence for searching relevant passages: "
-    for model in ("BAAI/bge-small-en-v1.5", "BAAI/bge-base-en-v1.5", "BAAI/bge-large-en-v1.5", "BAAI/bge-large-en"):
-        assert default_query_instruction(model) == BGE_EN_INSTRUCTION
-    # LangChain's default says "question", which v1.5 was not trained with.
-    from langchain_community.embeddings.huggingface import DEFAULT_QUERY_BGE_INSTRUCTION_EN
-
-    assert DEFAULT_QUERY_BGE_INSTRUCTION_EN != BGE_EN_INSTRUCTION
-
-
-def test_other_models_get_their_own_or_no_instruction():
-    assert default_query_instruction("BAAI/bge-m3") == ""
-    assert default_query_instruction("BAAI/bge-large-zh-v1.5") == "为这个句子生成表示以用于检索相关文章："
-    assert default_query_instruction("sentence-transformers/all-MiniLM-L6-v2") == ""
 
 
 def test_query_gets_the_instruction_and_documents_do_not(tiny, tiny_bge_dir):

@@ -206,3 +206,35 @@ def test_a_change_is_committed_at_once(path):
         assert other.execute("SELECT name FROM collections").fetchall() == [("c1",)]
         assert other.execute("SELECT id FROM chunks").fetchall() == [("a1",)]
     record.close()
+
+
+def _version_1_record(path):
+    """A record file as version 1 wrote it: files without inode and ctime."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE files (collection TEXT NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+            " mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, settings TEXT NOT NULL, chunks INTEGER NOT NULL,"
+            " recorded_ns INTEGER NOT NULL, PRIMARY KEY (collection, source)) WITHOUT ROWID;"
+            "INSERT INTO files VALUES ('c', 'a.md', 10, 5, 'ha', 's', 3, 7);"
+        )
+    connection.close()
+
+
+def test_a_version_1_record_reads_before_and_after_its_migration(path):
+    _version_1_record(path)
+    old = FileRecord("a.md", 10, 5, "ha", "s", 3, 7, inode=None, ctime_ns=None)
+    with IndexRecord(path, readonly=True) as reader:  # not migrated yet: the new columns read as unknown
+        assert reader.files("c") == {"a.md": old}
+    with IndexRecord(path) as record:  # a writer migrates it
+        assert record.files("c") == {"a.md": old}
+        record.update_stats("c", [("a.md", 10, 5, 11, 12)])
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(files)")}
+        version = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    connection.close()
+    assert {"inode", "ctime_ns"} <= columns and version == [(record_module.SCHEMA_VERSION,)]
+    with IndexRecord(path, readonly=True) as reader:
+        assert (reader.files("c")["a.md"].inode, reader.files("c")["a.md"].ctime_ns) == (11, 12)

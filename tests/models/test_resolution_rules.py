@@ -210,3 +210,50 @@ def test_an_unreachable_hub_is_one_line_with_the_cause_and_the_remedy(hf_cache, 
         "reranker.model: 'BAAI/bge-small-en-v1.5' is not in the local Hugging Face cache and the hub cannot be "
         "reached (connection refused); " + remedy_for("BAAI/bge-small-en-v1.5")
     )
+
+
+def _snapshot(cache, repo_folder: str, commit: str) -> "Path":
+    folder = cache / repo_folder / "snapshots" / commit
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_a_snapshot_folder_resolves_to_its_repo_and_commit(tmp_path):
+    commit = "c" * 40
+    folder = _snapshot(tmp_path, "models--BAAI--bge-small-en-v1.5", commit)
+    resolved = resolve_model(str(folder))
+    assert resolved == ResolvedModel(str(folder), "BAAI/bge-small-en-v1.5", str(folder), True, revision=commit)
+    assert models.hub_snapshot(folder) == ("BAAI/bge-small-en-v1.5", commit)
+    # a repo without an organisation, and names with dashes of their own
+    assert models.hub_snapshot(_snapshot(tmp_path, "models--my-model", commit)) == ("my-model", commit)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("models--BAAI--bge-small-en-v1.5", "snapshots", "c" * 39),  # not a 40-hex commit
+        ("models--BAAI--bge-small-en-v1.5", "snapshots", "C" * 40),  # upper case is not a git hash
+        ("models--BAAI--bge-small-en-v1.5", "checkpoints", "c" * 40),  # not under snapshots/
+        ("BAAI--bge-small-en-v1.5", "snapshots", "c" * 40),  # not a models-- cache folder
+    ],
+)
+def test_other_folders_are_plain_folders_named_by_their_name(tmp_path, parts):
+    folder = tmp_path.joinpath(*parts)
+    folder.mkdir(parents=True)
+    assert models.hub_snapshot(folder) is None
+    resolved = resolve_model(str(folder))
+    assert resolved == ResolvedModel(str(folder), folder.name, str(folder), True, revision=None)
+
+
+def test_a_hub_id_is_looked_up_in_the_given_cache_folder(tmp_path, hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    own_cache = tmp_path / "own-cache"
+    commit = "d" * 40
+    folder = _snapshot(own_cache, "models--BAAI--bge-small-en-v1.5", commit)
+    (own_cache / "models--BAAI--bge-small-en-v1.5" / "refs").mkdir()
+    (own_cache / "models--BAAI--bge-small-en-v1.5" / "refs" / "main").write_text(commit)
+    resolved = resolve_model("BAAI/bge-small-en-v1.5", cache_folder=own_cache)
+    assert resolved == ResolvedModel("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5", str(folder), True, revision=commit)
+    with pytest.raises(ModelNotAvailableError):  # not in the default cache
+        resolve_model("BAAI/bge-small-en-v1.5")
