@@ -41,17 +41,11 @@ class Sink(Protocol):
     def delete(self, ids: Sequence[str]) -> None: ...
 
 
-class DenseSink:
-    """Chunks -> vectors (embedding only what the cache lacks) -> a vector index."""
+class _IndexSink:
+    """What every sink answers from the index it writes to; subclasses say how chunks get in."""
 
-    name = "dense"
-
-    def __init__(self, index: VectorIndex, embedder: Embedder, cache: Callable[[], EmbeddingCache | None]):
+    def __init__(self, index: Any):
         self.index = index
-        self.embedder = embedder
-        self._cache_factory = cache
-        self._cache: EmbeddingCache | None = None
-        self._cache_opened = False
 
     @property
     def max_batch_size(self) -> int:
@@ -68,6 +62,19 @@ class DenseSink:
 
     def delete(self, ids: Sequence[str]) -> None:
         self.index.delete(ids)
+
+
+class DenseSink(_IndexSink):
+    """Chunks -> vectors (embedding only what the cache lacks) -> a vector index."""
+
+    name = "dense"
+
+    def __init__(self, index: VectorIndex, embedder: Embedder, cache: Callable[[], EmbeddingCache | None]):
+        super().__init__(index)
+        self.embedder = embedder
+        self._cache_factory = cache
+        self._cache: EmbeddingCache | None = None
+        self._cache_opened = False
 
     @property
     def cache(self) -> EmbeddingCache | None:
@@ -90,29 +97,13 @@ class DenseSink:
         report.added += len(ordered)
 
 
-class LexicalSink:
+class LexicalSink(_IndexSink):
     """Chunks -> their texts -> a lexical index (nothing to embed)."""
 
     name = "lexical"
 
     def __init__(self, index: LexicalIndex):
-        self.index = index
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.index.max_batch_size
-
-    def exists(self) -> bool:
-        return self.index.exists()
-
-    def count(self) -> int:
-        return self.index.count()
-
-    def ids(self) -> set[str]:
-        return self.index.ids()
-
-    def delete(self, ids: Sequence[str]) -> None:
-        self.index.delete(ids)
+        super().__init__(index)
 
     def write(self, chunks: Sequence[Document], report: IngestReport) -> None:
         if not chunks:
