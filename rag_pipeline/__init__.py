@@ -11,8 +11,10 @@ from .errors import (
     ConfigError,
     IndexBusyError,
     IndexMismatchError,
+    IndexNotFoundError,
     LoaderError,
     ModelNotAvailableError,
+    QueryError,
     RagPipelineError,
 )
 from .pipeline import IngestReport, Pipeline
@@ -23,9 +25,11 @@ __all__ = [
     "ConfigError",
     "IndexBusyError",
     "IndexMismatchError",
+    "IndexNotFoundError",
     "IngestReport",
     "LoaderError",
     "ModelNotAvailableError",
+    "QueryError",
     "Pipeline",
     "PipelineConfig",
     "RagPipelineError",
