@@ -40,6 +40,11 @@ class FileNotRead(UnreadableFile):
     a file read and found empty or not text, this says nothing about what it holds."""
 
 
+def with_score(document: Document, score: float) -> Document:
+    """A search hit as every index returns it: a copy of the chunk with ``metadata['score']``."""
+    return Document(page_content=document.page_content, metadata={**document.metadata, "score": score}, id=document.id)
+
+
 Filter = Mapping[str, Any]
 """A metadata filter in Chroma's ``where`` syntax (``{"file_type": "pdf"}``, ``{"$and": [...]}``)."""
 

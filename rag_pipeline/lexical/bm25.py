@@ -41,6 +41,7 @@ import Stemmer
 from langchain_core.documents import Document
 from pydantic import Field, field_validator
 
+from ..contracts import with_score
 from ..errors import ConfigError
 from ..registry import register
 from ..stage_config import StageConfig
@@ -338,7 +339,7 @@ class BM25Index:
             hits.append(_top(scores, built.ids, k))
         found = store.documents([i for row in hits for i, _ in row], with_text=with_text)
         return [
-            [_scored(found[i], score) for i, score in row if i in found]  # (a chunk deleted meanwhile is skipped)
+            [with_score(found[i], score) for i, score in row if i in found]  # (a chunk deleted meanwhile is skipped)
             for row in hits
         ]
 
@@ -428,10 +429,6 @@ def _top(scores: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:
         positive = positive[scores[positive] >= kth]
     order = sorted(positive, key=lambda j: (float(scores[j]), ids[j]), reverse=True)[:k]
     return [(ids[j], float(scores[j])) for j in order]
-
-
-def _scored(document: Document, score: float) -> Document:
-    return Document(page_content=document.page_content, metadata={**document.metadata, "score": score}, id=document.id)
 
 
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {

@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from langchain_core.documents import Document
 
-from ..contracts import Embedder, Filter, LexicalIndex, VectorIndex
+from ..contracts import Embedder, Filter, LexicalIndex, VectorIndex, with_score
 
 SearchMode = Literal["ann", "exact"]
 
@@ -79,12 +79,8 @@ class DenseArm:
                 top = np.argpartition(-row, keep - 1)[:keep] if keep < n else np.arange(n)
                 # best first; ties by id, descending, as trec_eval breaks them
                 order = sorted(top, key=lambda j: (float(row[j]), corpus.ids[j]), reverse=True)
-                results.append([_scored(corpus.documents[corpus.ids[j]], float(row[j])) for j in order])
+                results.append([with_score(corpus.documents[corpus.ids[j]], float(row[j])) for j in order])
         return results
-
-
-def _scored(document: Document, score: float) -> Document:
-    return Document(page_content=document.page_content, metadata={**document.metadata, "score": score}, id=document.id)
 
 
 @dataclass
