@@ -7,7 +7,6 @@ retrieval path is :mod:`rag_pipeline.retrieval`'s. This module wires them togeth
 
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,8 +26,6 @@ from .indexing.state import IndexState
 from .indexing.sinks import DenseSink, LexicalSink
 from .indexing.sync import Indexer, ingest_settings, plan_sync, warn_truncated, write_chunks
 from .registry import KINDS, lookup
-
-logger = logging.getLogger(__name__)
 
 
 class Pipeline:

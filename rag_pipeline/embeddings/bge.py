@@ -8,7 +8,6 @@ a GPU, and access to the tokenizer so chunkers can count tokens the way the mode
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -28,8 +27,6 @@ from ..models import (
     resolve_precision,
 )
 from ..registry import register
-
-logger = logging.getLogger(__name__)
 
 
 def build_bge_embeddings(config: "BgeEmbeddingsConfig") -> "BgeEmbeddings":
