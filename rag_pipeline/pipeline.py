@@ -78,19 +78,22 @@ class Pipeline:
                     self._place_lexical(self._stages[kind], self.store.collection_name)
         return self._stages[kind]
 
+    def _follow_active_collection(self, index: Any) -> None:
+        """An index serves the physical collection the record names active for
+        ``vectorstore.collection``, and asks again when the record changes (another process)."""
+        logical = self.stage("vectorstore").config.collection
+        index.resolve_collection = lambda: self.state.active_collection(logical)
+        index.change_token = self.state.change_token
+
     def _serve_active_collection(self, store: Any) -> None:
-        logical = store.config.collection
-        store.resolve_collection = lambda: self.state.active_collection(logical)
-        store.change_token = self.state.change_token
+        self._follow_active_collection(store)
         store.use_collection(store.resolve_collection())
 
     def _place_lexical(self, lexical: Any, collection: str) -> None:
         """The lexical index lives under the state directory, one per physical collection
         (``<state>/lexical/<collection>/``), and follows the active one as the vector store does."""
+        self._follow_active_collection(lexical)
         directory = self.state.directory
-        logical = self.store.config.collection
-        lexical.resolve_collection = lambda: self.state.active_collection(logical)
-        lexical.change_token = self.state.change_token
         lexical.place(directory / "lexical" if directory is not None else None, collection)
 
     # -- stages ------------------------------------------------------------------------------------
