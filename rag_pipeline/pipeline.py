@@ -266,17 +266,25 @@ class Pipeline:
         )
 
     # -- retrieval -----------------------------------------------------------------------------------
-    def as_retriever(self, k: int | None = None, *, k_name: str = "k") -> BaseRetriever:
+    def as_retriever(
+        self, k: int | None = None, *, filter: dict[str, Any] | None = None, k_name: str = "k"
+    ) -> BaseRetriever:
         """A LangChain ``BaseRetriever``: ``invoke``, ``batch``, ``ainvoke`` and ``|`` all work.
 
         ``k`` overrides the number of results (``retriever.k``, or ``reranker.top_n``); ``k_name``
         is how the caller's user wrote it, for the error message (the CLI passes ``--k``).
+        ``filter`` replaces ``retriever.filter`` (``{}``: none). Each call may set ``k``, ``filter``
+        and ``top_n`` again (``invoke(q, k=1)``, ``config={"configurable": {"k": 1}}``); retrievers
+        of one pipeline share its loaded models.
         Refuses, creating nothing, when the configured index does not exist yet.
         """
         self.require_index()
         retriever_config = self.config.retriever
         needed = [self.stage(name) for name in KINDS["retriever"].needs]
-        return lookup("retriever", retriever_config.type).builder(retriever_config, *needed, k=k, k_name=k_name)
+        retriever = lookup("retriever", retriever_config.type).builder(retriever_config, *needed, k=k, k_name=k_name)
+        if filter is not None:
+            retriever.filter = filter
+        return retriever
 
     def require_index(self) -> None:
         """Raise ``IndexNotFoundError`` when a persistent index has not been ingested yet."""

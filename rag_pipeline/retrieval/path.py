@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from langchain_core.documents import Document
@@ -38,6 +38,12 @@ class RetrievalPath:
     def arm_path(self, index: int) -> "RetrievalPath":
         """The path through one arm alone (no fusion, no reranker): what evaluation reports per arm."""
         return RetrievalPath(arms=[self.arms[index]], fetch_k=self.fetch_k)
+
+    def filtered(self, where: Any) -> "RetrievalPath":
+        """The same path with every arm searching under ``where`` instead of its configured filter
+        (``{}``: no filter). The arms share their embedder, indexes and reranker with this path,
+        so nothing is loaded again."""
+        return replace(self, arms=[replace(arm, where=where or None) for arm in self.arms])
 
     def encode(self, queries: Sequence[str]) -> list[Any]:
         """The queries as each arm searches with them (embedded once, reusable across calls)."""

@@ -7,6 +7,11 @@
 How many results: ``k`` passed to ``as_retriever(k)`` (the CLI's ``--k``), else, with a reranker,
 ``reranker.top_n`` when set, else ``retriever.k``. ``load_config`` makes the user's latest word win
 between the last two: ``--set retriever.k=N`` clears a ``reranker.top_n`` the file set.
+
+Per call, ``k``, ``filter`` and ``top_n`` (:data:`PER_CALL_SETTINGS`) can be given as keyword
+arguments (``invoke(query, k=1)``, as LangChain's standard retriever tests expect) or in
+``config={"configurable": {...}}`` (so they reach a retriever inside a chain); they apply to that
+call only and share the loaded models.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Literal
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError, QueryError
+from .filters import filter_problem
 from ..registry import register
 from ..stage_config import StageConfig
 from .first_stage import DenseArm, LexicalArm
@@ -31,6 +39,13 @@ def positive_count(value: Any, name: str) -> int:
     """``value`` as a result count, or a one-line ConfigError naming ``name`` as the user wrote it."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}: must be a positive number of results, got {value!r}")
+    return value
+
+
+def _checked_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    problem = filter_problem(value) if value is not None else None
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -72,6 +87,11 @@ class DenseRetrieverConfig(StageConfig):
     search: Literal["ann", "exact"] = Field(
         "ann", description="ann: the index's own (HNSW) search; exact: score every chunk (small indexes, evaluation)."
     )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_filter(value)
 
 
 ARM_NAMES = ("dense", "bm25")
@@ -187,6 +207,11 @@ class HybridRetrieverConfig(StageConfig):
     search: Literal["ann", "exact"] = Field("ann", description="The dense arm's search (see retriever.type: dense).")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
 
+    @field_validator("filter")
+    @classmethod
+    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_filter(value)
+
     @model_validator(mode="after")
     def _arms_once_each(self) -> "HybridRetrieverConfig":
         if len(set(self.arms)) != len(self.arms):
@@ -200,23 +225,104 @@ class HybridRetrieverConfig(StageConfig):
         return {}
 
 
+PER_CALL_SETTINGS = ("k", "filter", "top_n")
+"""What one call may set: result count, metadata filter, and the reranker's cut."""
+
+
+def _from_configurable(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus the per-call settings in ``config["configurable"]`` (a keyword wins)."""
+    configurable = (config or {}).get("configurable") or {}
+    given = {name: configurable[name] for name in PER_CALL_SETTINGS if name in configurable}
+    return {**given, **kwargs}
+
+
 class PipelineRetriever(BaseRetriever):
     """A LangChain retriever over a :class:`RetrievalPath`: ``invoke``, ``batch``, ``ainvoke``, ``|``.
 
     Unlike ``Chroma.as_retriever()`` it keeps the similarity of each hit in ``metadata['score']``
     (and the cross-encoder's in ``metadata['rerank_score']``).
+
+    ``k`` and ``filter`` are the defaults of every call (``filter``: None keeps the configured
+    ``retriever.filter``, ``{}`` searches without one); a call may override them, and the
+    reranker's ``top_n``, with keyword arguments or ``config={"configurable": {...}}``. Being
+    fields, they also work with LangChain's ``configurable_fields``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     path: Any
     k: int = 5
+    filter: dict[str, Any] | None = None
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    @field_validator("filter")
+    @classmethod
+    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = filter_problem(value) if value is not None else None
+        if problem is not None:
+            raise ConfigError(f"filter: {problem}")
+        return value
+
+    def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
+        return super().invoke(input, config, **_from_configurable(config, kwargs))
+
+    async def ainvoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
+        return await super().ainvoke(input, config, **_from_configurable(config, kwargs))
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        top_n: int | None = None,
+    ) -> list[Document]:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query is empty: give the text to search for")
-        return self.path.retrieve([query], self.k)[0]
+        return self.path_for(filter).retrieve([query], self.result_count(k, top_n))[0]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        top_n: int | None = None,
+    ) -> list[Document]:
+        # the models compute synchronously: off the event loop, as BaseRetriever's default does
+        return await run_in_executor(
+            None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(), k=k, filter=filter, top_n=top_n
+        )
+
+    def result_count(self, k: int | None = None, top_n: int | None = None) -> int:
+        """How many results one call returns: its ``k``, else its ``top_n``, else the retriever's ``k``."""
+        if top_n is not None and self.path.reranker is None:
+            raise QueryError("top_n: is the reranker's cut and this retriever has no reranker; pass k instead")
+        for name, value in (("k", k), ("top_n", top_n)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise QueryError(f"{name}: must be a positive number of results, got {value!r}")
+                return value
+        return self.k
+
+    def path_for(self, filter: dict[str, Any] | None = None) -> Any:
+        """The retrieval path under the call's filter (else this retriever's, else the configured one)."""
+        where = filter if filter is not None else self.filter
+        if where is None:
+            return self.path
+        problem = filter_problem(where)
+        if problem is not None:
+            raise QueryError(f"filter: {problem}")
+        return self.path.filtered(where)
+
+    def active_filter(self, filter: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The filter a call with ``filter`` searches under (None: none)."""
+        where = filter if filter is not None else self.filter
+        if where is None:
+            where = self.path.arms[0].where if self.path.arms else None
+        return where or None
 
     def candidates(self, query: str) -> list[Document]:
         """What the reranker chooses from: the first stage's top ``fetch_k`` (for inspection)."""
-        return self.path.first_stage([query], self.path.fetch_k)[0]
+        return self.path_for().first_stage([query], self.path.fetch_k)[0]
