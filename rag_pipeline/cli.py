@@ -99,10 +99,11 @@ def _pipeline(args: argparse.Namespace):
     return pipe
 
 
-def _print_results(query: str, documents: Sequence[Any]) -> None:
+def _print_results(query: str, documents: Sequence[Any], retriever: Any = None) -> None:
     print(f"\nQuery: {query}")
     if not documents:
-        print("  (no results: is the index empty? run `rag-pipeline ingest` first)")
+        reason = retriever.empty_reason() if hasattr(retriever, "empty_reason") else "is the index empty?"
+        print(f"  (no results: {reason})")
     for rank, document in enumerate(documents, start=1):
         meta = document.metadata
         scores = f"score={meta.get('score', float('nan')):.3f}"
@@ -142,12 +143,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    documents = _pipeline(args).as_retriever(k=args.k, k_name="--k").invoke(args.text)
+    retriever = _pipeline(args).as_retriever(k=args.k, k_name="--k")
+    documents = retriever.invoke(args.text)
     if args.json:
         payload = [{"id": d.id, "content": d.page_content, "metadata": d.metadata} for d in documents]
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
-        _print_results(args.text, documents)
+        _print_results(args.text, documents, retriever)
     return 0
 
 
@@ -159,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_ingest(pipe.ingest())
     retriever = pipe.as_retriever(k=args.k, k_name="--k")
     for query, documents in zip(queries, retriever.batch(queries)):
-        _print_results(query, documents)
+        _print_results(query, documents, retriever)
     return 0
 
 

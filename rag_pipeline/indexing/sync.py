@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when a reader or chunker changes what chunks a file gives: every file is then re-chunked
 # (unchanged chunks keep their ids and are not embedded again).
-SETTINGS_VERSION = 2  # 2: unsafe metadata keys renamed, JSONL split on "\n" only
+SETTINGS_VERSION = 3  # 2: unsafe metadata keys renamed, JSONL split on "\n" only; 3: folder, top_folder
 # Loader keys that choose which files are read, not what a file's chunks are.
 _FILE_SELECTION_KEYS = {
     "path", "include", "exclude", "max_file_size", "on_error", "show_progress",

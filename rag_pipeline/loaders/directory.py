@@ -21,7 +21,15 @@ from ..contracts import FileNotRead
 from .readers import READERS, BoundedInput, ReaderOptions, UnreadableFile
 
 # Metadata the loader sets on every document; a record's own field is never renamed onto one of them.
-LOADER_KEYS = ("source", "doc_id", "file_type")
+# ``folder`` (the file's folder under loader.path, "" at the top) and ``top_folder`` (its first
+# part) are there to filter on: Chroma's filters match whole values, not path prefixes.
+LOADER_KEYS = ("source", "doc_id", "file_type", "folder", "top_folder")
+
+
+def folder_metadata(source: str) -> dict[str, str]:
+    """``folder`` and ``top_folder`` of a source path relative to loader.path (posix)."""
+    parts = source.split("/")[:-1]
+    return {"folder": "/".join(parts), "top_folder": parts[0] if parts else ""}
 
 
 def build_directory_loader(config: "DirectoryLoaderConfig") -> "DirectoryLoader":
@@ -178,6 +186,7 @@ class DirectoryLoader:
         """
         source = self.source_id(file)
         file_type = file.suffix.lower()[1:]
+        folders = folder_metadata(source)
         reader = READERS[file.suffix.lower()]
         warned: set[str] = set()  # each metadata problem once per file, not once per record
         count, warnings_before = 0, len(warnings)
@@ -195,7 +204,7 @@ class DirectoryLoader:
                             warned.add(problem)
                             warnings.append(problem)
                     doc_id = f"{source}#{record.key}" if record.key else source
-                    metadata.update(source=source, doc_id=doc_id, file_type=file_type)
+                    metadata.update(source=source, doc_id=doc_id, file_type=file_type, **folders)
                     count += 1
                     yield Document(page_content=text, metadata=metadata)
         except OSError as exc:

@@ -323,6 +323,15 @@ class PipelineRetriever(BaseRetriever):
             where = self.path.arms[0].where if self.path.arms else None
         return where or None
 
+    def empty_reason(self, filter: dict[str, Any] | None = None) -> str:
+        """Why a call with ``filter`` found nothing, in one line (for a user facing an empty list)."""
+        if all(arm.size() == 0 for arm in self.path.filtered({}).arms):
+            return "the index is empty: run `rag-pipeline ingest CONFIG` first"
+        where = self.active_filter(filter)
+        if where and all(arm.size() == 0 for arm in self.path_for(filter).arms):
+            return f"no chunk matches filter {where!r}; check its field names and values against `query --json` output"
+        return "no chunk shares a word with the query (BM25 finds only those)"
+
     def candidates(self, query: str) -> list[Document]:
         """What the reranker chooses from: the first stage's top ``fetch_k`` (for inspection)."""
         return self.path_for().first_stage([query], self.path.fetch_k)[0]
