@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="validate or show a config")
     _debug_flag(config)
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    with_config(config_commands.add_parser("validate", help="check a config without loading any model"))
+    validate = with_config(config_commands.add_parser("validate", help="check a config without loading any model"))
+    validate.add_argument(
+        "--deep", action="store_true", help="also find every model the config names (no weights loaded)"
+    )
     with_config(config_commands.add_parser("show", help="print the resolved config as YAML"))
     return parser
 
@@ -213,6 +216,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     config = load_config(args.config, overrides)
     if args.config_command == "validate":
+        if args.deep:
+            from .pipeline import Pipeline
+
+            for key, resolved in Pipeline(config).preflight().items():
+                print(f"{key}: {resolved.model_id} ({resolved.path or 'from the hub'})")
         print(f"{args.config}: valid")
     else:
         print(config.to_yaml(), end="")

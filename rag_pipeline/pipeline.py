@@ -25,7 +25,9 @@ from .indexing.report import IngestReport, SyncPlan
 from .indexing.state import IndexState
 from .indexing.sinks import DenseSink, LexicalSink
 from .indexing.sync import Indexer, ingest_settings, plan_sync, warn_truncated, write_chunks
-from .registry import KINDS, lookup
+from .models import ResolvedModel, resolve_model
+from .registry import KINDS, STAGE_KINDS, lookup
+from .stage_config import named_models
 
 
 class Pipeline:
@@ -149,6 +151,21 @@ class Pipeline:
         return self._embedding_cache
 
     # -- work --------------------------------------------------------------------------------------
+    def preflight(self) -> dict[str, ResolvedModel]:
+        """Find the files of every model the config names (embedder, reranker, any stage's
+        ``ModelReference``), loading none, by dotted key: a missing one raises
+        ``ModelNotAvailableError`` with its remedy in seconds, before any source file is read."""
+        found: dict[str, ResolvedModel] = {}
+        for kind in STAGE_KINDS:
+            stage_config = self.config.stage_config(kind.name)
+            if stage_config is None:
+                continue
+            cache_folder = getattr(stage_config, "cache_folder", None)
+            for field, reference in named_models(stage_config).items():
+                key = f"{kind.name}.{field}"
+                found[key] = resolve_model(reference, what=key, cache_folder=cache_folder)
+        return found
+
     def ingest(self, show_progress: bool | None = None) -> IngestReport:
         """Bring the index in step with the sources: new files added, changed files' chunks
         replaced, deleted files' chunks removed (``ingest.cleanup``). Unchanged files are skipped
@@ -157,6 +174,7 @@ class Pipeline:
         per index folder; queries keep answering meanwhile.
         """
         started = time.perf_counter()
+        self.preflight()
         store, lexical = self.store, self.lexical
         with (
             self.state.lock(self.config.ingest.lock_timeout),
@@ -198,6 +216,7 @@ class Pipeline:
         The new collection mirrors the sources as they are now (``cleanup: full``).
         """
         started = time.perf_counter()
+        self.preflight()
         store, lexical = self.store, self.lexical
         beside = [lexical] if lexical is not None else []
         logical = store.config.collection

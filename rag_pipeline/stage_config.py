@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic.fields import FieldInfo
 
 
 class StageConfig(BaseModel):
@@ -63,3 +64,17 @@ def _resolve_relative_model_folder(value: str, info: ValidationInfo) -> str:
 ModelReference = Annotated[str, AfterValidator(_resolve_relative_model_folder)]
 """A model: hub id, ``package:<name>``, or a folder. A folder resolves against the config's folder,
 with or without ``./``; ``org/name`` is a hub id unless that folder exists beside the config."""
+
+
+def _is_model_reference(info: FieldInfo) -> bool:
+    return any(getattr(m, "func", None) is _resolve_relative_model_folder for m in info.metadata)
+
+
+def named_models(config: BaseModel) -> dict[str, str]:
+    """The models a stage config names, by field (``{"model": "BAAI/bge-small-en-v1.5"}``): every
+    field typed ``ModelReference``, so a new stage's models are found without a list to update."""
+    return {
+        name: value
+        for name, info in type(config).model_fields.items()
+        if _is_model_reference(info) and isinstance(value := getattr(config, name), str)
+    }
