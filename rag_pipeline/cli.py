@@ -130,6 +130,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.dry_run:
         plan = _pipeline(args).plan()
         print(plan.summary())
+        warning = plan.removal_warning()
+        if warning:
+            print(warning, file=sys.stderr)
         for label, sources in (("add", plan.added), ("update", plan.updated), ("remove", plan.removed), ("keep", plan.kept)):
             for source in sources:
                 print(f"  {label:<6} {source}")

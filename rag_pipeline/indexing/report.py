@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..contracts import FileError
 from .record import FileRecord
+
+
+def unsupported_summary(sources: list[str]) -> str:
+    """``3 files of unsupported types: .docx ×2, .org`` (most frequent type first)."""
+    types = Counter(Path(source).suffix.lower() or "(no extension)" for source in sources)
+    listed = ", ".join(f"{kind} ×{n}" if n > 1 else kind for kind, n in types.most_common())
+    return f"{len(sources)} file{'s' if len(sources) != 1 else ''} of unsupported types: {listed}"
+
+
+# A dry run that would remove more than this share of the index's chunks says so loudly: a
+# mistyped loader.path or include would otherwise empty the index on the real run.
+LOUD_REMOVAL_SHARE = 0.5
 
 
 @dataclass
@@ -37,6 +50,7 @@ class IngestReport:
     deleted: int = 0
     truncated: int = 0  # chunks longer than the model's max_seq_length
     errors: list[FileError] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)  # selected by the globs, no reader for their type
     collection: str = ""  # the physical Chroma collection written
     recovered: bool = False  # the previous ingest was interrupted; this one reconciled the index
     collection_count: int = 0
@@ -61,6 +75,8 @@ class IngestReport:
             text += "; recovered from an interrupted ingest"
         if self.errors:
             text += f"; {len(self.errors)} error(s)"
+        if self.unsupported:
+            text += f"; {unsupported_summary(self.unsupported)} (not read)"
         return text
 
 
@@ -87,6 +103,8 @@ class SyncPlan:
     unchanged_chunks: int = 0
     removed_chunks: int = 0
     interrupted: bool = False  # the last ingest did not finish; the next one reconciles the index
+    unsupported: list[str] = field(default_factory=list)  # selected by the globs, no reader for their type
+    indexed_chunks: int = 0  # what the record lists for the collection now
     todo: list[FileChange] = field(default_factory=list, repr=False)
     # (source, size, mtime_ns, inode, ctime_ns) of files whose stat changed and bytes did not
     restat: list[tuple[str, int, int, int, int]] = field(default_factory=list, repr=False)
@@ -105,7 +123,20 @@ class SyncPlan:
             text += f"; {len(self.kept)} gone from the sources but kept (cleanup: {self.cleanup})"
         if self.interrupted:
             text += "; the last ingest was interrupted and will be reconciled"
+        if self.unsupported:
+            text += f"; {unsupported_summary(self.unsupported)} (not read)"
         return text
+
+    def removal_warning(self) -> str | None:
+        """A loud line when the run would remove most of the index, else None."""
+        if not self.indexed_chunks or self.removed_chunks <= LOUD_REMOVAL_SHARE * self.indexed_chunks:
+            return None
+        share = 100 * self.removed_chunks / self.indexed_chunks
+        return (
+            f"WARNING: this ingest would remove {self.removed_chunks} of the {self.indexed_chunks} chunks in the index "
+            f"({share:.0f}%, {len(self.removed)} files no longer found); check loader.path and loader.include before "
+            "running it"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,4 +149,6 @@ class SyncPlan:
             "unchanged": len(self.unchanged),
             "removed_chunks": self.removed_chunks,
             "interrupted": self.interrupted,
+            "unsupported": self.unsupported,
+            "indexed_chunks": self.indexed_chunks,
         }

@@ -99,6 +99,7 @@ def plan_sync(
     plan = SyncPlan(collection=collection, cleanup=cleanup)
     recorded = record.files(collection) if record is not None else {}
     plan.interrupted = record is not None and record.is_dirty(collection)
+    plan.indexed_chunks = sum(entry.chunks for entry in recorded.values())
     max_file_size = getattr(loader.config, "max_file_size", None)
     seen: set[str] = set()
     for path in loader.discover():
@@ -125,6 +126,7 @@ def plan_sync(
             plan.removed_chunks += recorded[source].chunks
         else:
             plan.kept.append(source)
+    plan.unsupported = list(getattr(loader, "unsupported", []))
     return plan
 
 
@@ -271,6 +273,7 @@ class Indexer:
             self._forget_files_missing_from_collection()
         plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup)
         report.files_seen = plan.files_seen
+        report.unsupported = plan.unsupported
         report.files_unchanged = len(plan.unchanged)
         report.chunks = report.skipped = plan.unchanged_chunks
         for error in getattr(self.loader, "discovery_errors", []):

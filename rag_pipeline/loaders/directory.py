@@ -96,6 +96,8 @@ class DirectoryLoader:
             config.pdf_max_seconds,
         )
         self.discovery_errors: list[FileError] = []
+        # files the globs select that no reader handles (reported, never read)
+        self.unsupported: list[str] = []
 
     @property
     def unlisted(self) -> list[FileError]:
@@ -111,7 +113,11 @@ class DirectoryLoader:
         """Supported files under the root, sorted, without following directory symlinks (no loops)."""
         path = self.config.path
         self.discovery_errors = []
+        self.unsupported = []
         if path.is_file():
+            if path.suffix.lower() not in READERS:
+                self.unsupported.append(path.name)
+                return []
             return [path]
         found = []
 
@@ -125,9 +131,10 @@ class DirectoryLoader:
             for name in sorted(files):
                 file = Path(folder) / name
                 relative = file.relative_to(path).as_posix()
-                if file.suffix.lower() not in READERS:
-                    continue
                 if not _matches(relative, self.config.include) or _matches(relative, self.config.exclude):
+                    continue
+                if file.suffix.lower() not in READERS:
+                    self.unsupported.append(relative)
                     continue
                 try:
                     relative.encode("utf-8")
