@@ -5,11 +5,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, Iterator, Literal
 
 from langchain_core.documents import Document
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from ..stage_config import ConfigPath, StageConfig
@@ -36,6 +37,19 @@ def build_directory_loader(config: "DirectoryLoaderConfig") -> "DirectoryLoader"
     return DirectoryLoader(config)
 
 
+# The formats whose records have fields (the rest are read whole, so a field setting means nothing)
+RECORD_FORMATS = (".csv", ".jsonl")
+
+
+class FormatOverride(BaseModel):
+    """``loader.formats.<glob>``: field settings for the record files the glob matches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text_field: str | None = Field(None, description="CSV column / JSONL field holding the text for these files.")
+    id_field: str | None = Field(None, description="CSV column / JSONL field used in their document ids.")
+
+
 @register("loader", "directory", build_directory_loader)
 class DirectoryLoaderConfig(StageConfig):
     """Load .txt, .md, .html, .pdf (one document per page), .csv and .jsonl (one per record)."""
@@ -46,6 +60,11 @@ class DirectoryLoaderConfig(StageConfig):
     exclude: list[str] = Field(default_factory=lambda: ["**/.*", "**/.*/**"])
     text_field: str = Field("text", description="CSV column / JSONL field holding the text.")
     id_field: str = Field("id", description="CSV column / JSONL field used in the document id, when present.")
+    formats: dict[str, FormatOverride] = Field(
+        default_factory=dict,
+        description="Per glob (relative to path), text_field / id_field for the files it matches, e.g. "
+        "{'**/*.csv': {text_field: notes}}; the first glob that matches a file wins.",
+    )
     encoding: str = "utf-8"
     max_file_size: int | None = Field(50_000_000, gt=0, description="Bytes; larger files are skipped unread.")
     follow_external_links: bool = Field(
@@ -57,6 +76,19 @@ class DirectoryLoaderConfig(StageConfig):
     )
     on_error: Literal["skip", "fail"] = "skip"
     show_progress: bool = True
+
+    @field_validator("formats")
+    @classmethod
+    def _formats_name_record_files(cls, value: dict[str, FormatOverride]) -> dict[str, FormatOverride]:
+        for glob in value:
+            suffix = Path(glob).suffix.lower()
+            if not glob.strip():
+                raise ValueError("a glob must not be empty, e.g. '**/*.csv'")
+            if suffix and "*" not in suffix and suffix not in RECORD_FORMATS:
+                raise ValueError(
+                    f"{glob!r}: text_field and id_field apply to {' and '.join(RECORD_FORMATS)} files only"
+                )
+        return value
 
     @field_validator("path")
     @classmethod
@@ -148,6 +180,15 @@ class DirectoryLoader:
     def source_id(self, file: Path) -> str:
         return file.relative_to(self.root).as_posix()
 
+    def options_for(self, source: str) -> ReaderOptions:
+        """The reader options for one file: the first ``loader.formats`` glob that matches its
+        source path overrides the loader-wide fields."""
+        for glob, override in self.config.formats.items():
+            if _matches(source, [glob]):
+                fields = {k: v for k, v in override.model_dump().items() if v is not None}
+                return replace(self.reader_options, **fields)
+        return self.reader_options
+
     def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> LoadResult:
         result = LoadResult()
         if files is None:
@@ -199,7 +240,7 @@ class DirectoryLoader:
         count, warnings_before = 0, len(warnings)
         try:
             with self._open(file) as handle:
-                for record in reader(BoundedInput(handle, self.config.max_file_size), self.reader_options, warnings):
+                for record in reader(BoundedInput(handle, self.config.max_file_size), self.options_for(source), warnings):
                     if not record.text.strip():
                         continue  # an empty PDF page or CSV cell carries nothing to retrieve
                     metadata, problems = safe_metadata(record.metadata, taken=LOADER_KEYS)

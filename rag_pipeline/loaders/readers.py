@@ -283,7 +283,8 @@ def read_csv(source: BoundedInput, options: ReaderOptions, warnings: list[str]) 
         raise UnreadableFile(f"malformed CSV header: {exc}") from None
     if options.text_field not in fields:
         raise UnreadableFile(
-            f"no {options.text_field!r} column (columns: {', '.join(fields) or 'none'}); set loader.text_field"
+            f"no {options.text_field!r} column (columns: {', '.join(fields) or 'none'}); set loader.text_field, "
+            "or loader.formats for these files"
         )
     number = 0
     while True:
