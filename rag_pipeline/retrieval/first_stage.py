@@ -71,6 +71,8 @@ class DenseArm:
     def _exact(self, queries: np.ndarray, k: int, block: int = 64) -> list[list[Document]]:
         corpus = self._corpus()
         n = len(corpus.ids)
+        if n == 0:  # a filter that matches no chunk (or an empty index): nothing to score
+            return [[] for _ in queries]
         keep = min(k, n)
         results: list[list[Document]] = []
         for start in range(0, len(queries), block):

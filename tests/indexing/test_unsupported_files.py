@@ -6,7 +6,6 @@ import yaml
 from conftest import pipeline_config
 from rag_pipeline import Pipeline
 from rag_pipeline.cli import main
-from rag_pipeline.indexing.report import unsupported_summary
 
 EXPECTED = "3 files of unsupported types: .docx ×2, .org"
 
@@ -32,6 +31,8 @@ def _config_file(tmp_path, model, **loader):
 
 
 def test_summary_counts_types():
+    from rag_pipeline.indexing.report import unsupported_summary
+
     assert unsupported_summary(["a/x.docx", "b.org", "y.DOCX"]) == EXPECTED
     assert unsupported_summary(["Makefile"]) == "1 file of unsupported types: (no extension)"
 

@@ -8,7 +8,6 @@ from rag_pipeline import Pipeline
 from rag_pipeline.cli import main
 from rag_pipeline.config import load_config
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.retrieval.filters import filter_problem
 
 ALLOWED = "$eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $and, $or"
 
@@ -46,6 +45,8 @@ def test_unknown_operator_is_a_config_error_naming_key_and_operators(tmp_path, r
     ],
 )
 def test_filter_problems_are_one_line(where, expected):
+    from rag_pipeline.retrieval.filters import filter_problem
+
     problem = filter_problem(where)
     assert problem is not None and expected in problem and "\n" not in problem
 
@@ -55,6 +56,8 @@ def test_filter_problems_are_one_line(where, expected):
     [{}, {"file_type": "md"}, {"$or": [{"folder": "garden"}, {"top_folder": {"$in": ["kitchen"]}}]}, {"n": {"$gte": 2}}],
 )
 def test_valid_filters_pass(where):
+    from rag_pipeline.retrieval.filters import filter_problem
+
     assert filter_problem(where) is None
 
 
@@ -105,3 +108,13 @@ def test_an_empty_index_says_so(tmp_path, tiny_bge_dir):
     retriever = pipe.as_retriever()
     assert retriever.invoke("anything") == []
     assert retriever.empty_reason().startswith("the index is empty")
+
+
+@pytest.mark.parametrize("search", ["ann", "exact"])
+def test_a_filter_matching_nothing_returns_nothing_in_either_search(nested_corpus, tiny_bge_dir, search):
+    pipe = Pipeline.from_config(pipeline_config(nested_corpus, None, str(tiny_bge_dir), retriever={"type": "dense", "search": search}))
+    pipe.ingest()
+    retriever = pipe.as_retriever()
+    assert retriever.invoke("spring", filter={"folder": "attic"}) == []
+    assert retriever.empty_reason({"folder": "attic"}).startswith("no chunk matches filter {'folder': 'attic'}")
+    assert {d.metadata["folder"] for d in retriever.invoke("spring", filter={"folder": "kitchen"})} == {"kitchen"}
