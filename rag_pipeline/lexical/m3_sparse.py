@@ -153,10 +153,12 @@ class M3SparseIndex(BM25Index):
 
     # -- writing -----------------------------------------------------------------------------------
     def upsert_texts(self, chunks: Sequence[Document]) -> None:
-        if not chunks:
-            return
-        sparse, colbert = self.embeddings.passage_outputs([c.page_content for c in chunks])
-        self._store(create=True).upsert_outputs(chunks, sparse, colbert)
+        # In slices: a caller may hand over a whole corpus (Pipeline.index_chunks), and a slice's
+        # ColBERT vectors are held in memory until written.
+        for start in range(0, len(chunks), self.max_batch_size):
+            part = chunks[start : start + self.max_batch_size]
+            sparse, colbert = self.embeddings.passage_outputs([c.page_content for c in part])
+            self._store(create=True).upsert_outputs(part, sparse, colbert)
 
     # -- reading -----------------------------------------------------------------------------------
     def search_batch_text(
@@ -241,11 +243,20 @@ def _query_vector(weights: dict[int, float], width: int) -> np.ndarray:
     return vector
 
 
-def colbert_score(query: np.ndarray, passage: np.ndarray | None) -> float:
-    """Late interaction as BGE-M3 scores it: each query token's best match in the passage, averaged
-    over the query's tokens."""
-    if passage is None or len(query) == 0 or len(passage) == 0:
-        return 0.0
-    similarities = np.asarray(query, dtype=np.float32) @ np.asarray(passage, dtype=np.float32).T
-    return float(similarities.max(axis=1).sum() / len(query))
+def colbert_scores(query: np.ndarray, passages: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Late interaction as BGE-M3 scores it, for one query against many passages: each query
+    token's best match in the passage, averaged over the query's tokens (0 for a passage without
+    vectors). One float16 -> float32 conversion and one matrix product for all passages (torch:
+    numpy's float16 conversion is several times slower)."""
+    import torch
 
+    scores = np.zeros(len(passages))
+    present = [j for j, vectors in enumerate(passages) if vectors is not None and len(vectors)]
+    if not present or len(query) == 0:
+        return scores
+    lengths = [len(passages[j]) for j in present]
+    stacked = torch.from_numpy(np.concatenate([passages[j] for j in present])).float()
+    similarities = torch.from_numpy(np.asarray(query, dtype=np.float32)) @ stacked.T
+    for j, part in zip(present, torch.split(similarities, lengths, dim=1)):
+        scores[j] = float(part.max(dim=1).values.sum()) / len(query)
+    return scores

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..contracts import Filter, VectorIndex
 from ..embeddings.bge_m3 import BgeM3Embeddings, M3Output
 from ..errors import ConfigError
-from ..lexical.m3_sparse import M3SparseIndex, colbert_score
+from ..lexical.m3_sparse import M3SparseIndex, colbert_scores
 from ..registry import register
 from ..stage_config import StageConfig
 from .first_stage import DenseArm
@@ -111,10 +111,7 @@ class M3RetrievalPath(RetrievalPath):
         w = self.weights
         dense = self.store.similarity(query.dense, self.store.vectors(ids))[0] if w.dense else np.zeros(len(ids))
         sparse = self.sparse_index.sparse_scores(query.sparse[0], ids) if w.sparse else np.zeros(len(ids))
-        if w.colbert:
-            colbert = np.array([colbert_score(query.colbert[0], v) for v in self.sparse_index.colbert_vectors(ids)])
-        else:
-            colbert = np.zeros(len(ids))
+        colbert = colbert_scores(query.colbert[0], self.sparse_index.colbert_vectors(ids)) if w.colbert else np.zeros(len(ids))
         combined = (w.dense * dense + w.sparse * sparse + w.colbert * colbert) / (w.dense + w.sparse + w.colbert)
         order = sorted(range(len(ids)), key=lambda j: (float(combined[j]), ids[j]), reverse=True)[:k]
         return [

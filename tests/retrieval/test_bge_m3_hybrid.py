@@ -14,6 +14,7 @@ import pytest
 from conftest import pipeline_config
 from rag_pipeline import Pipeline
 from rag_pipeline.config import load_config
+from rag_pipeline.contracts import LexicalIndex
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.lexical.bm25 import STORE_FILENAME
 
@@ -89,6 +90,7 @@ def test_ingest_stores_all_three_outputs_and_a_new_pipeline_combines_them(corpus
     fresh = Pipeline.from_config(config)  # another process: everything read back from disk
     ids = fresh.store.ids()
     assert len(ids) == 4 and fresh.lexical.ids() == ids
+    assert isinstance(fresh.lexical, LexicalIndex)
     rows = m3_rows(tmp_path / "index")
     assert set(rows) == ids
     for chunk_id, (tokens, weights, colbert, dimension) in rows.items():
@@ -109,7 +111,7 @@ def test_ingest_stores_all_three_outputs_and_a_new_pipeline_combines_them(corpus
     assert [d.metadata["score"] for d in found] == sorted((d.metadata["score"] for d in found), reverse=True)
 
 
-@pytest.mark.parametrize("weights", [None, {"dense": 0.5, "sparse": 0.3, "colbert": 0.2}])
+@pytest.mark.parametrize("weights", [None, {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}])  # the second sums to 2.3
 def test_scores_agree_with_flagembedding_compute_score(corpus, tmp_path, tiny_bge_m3_dir, reference, weights):
     config = m3_config(corpus, tmp_path / "index", tiny_bge_m3_dir, **({"weights": weights} if weights else {}))
     Pipeline.from_config(config).ingest()
