@@ -16,10 +16,10 @@ Score = sum over shared tokens of query weight x chunk weight, exactly FlagEmbed
 ``compute_lexical_matching_score``.
 
 ColBERT vectors are stored rather than recomputed for the candidates at query time: recomputing
-means one bge-m3 forward pass per candidate per query (100 candidates of ~256 tokens take tens of
-seconds on a CPU, ``benchmarks/results/bge-m3-colbert.md``), while reading them back is a
-millisecond-scale lookup. The price is disk: tokens x dimension x 2 bytes per chunk (1024-d bge-m3:
-2 KiB per token, ~0.5 MiB for a 256-token chunk).
+means one bge-m3 forward pass per candidate per query, ~1,900x slower than reading the stored
+vectors back and scoring them on this CPU (100 candidates of 256 tokens,
+``benchmarks/results/bge-m3-colbert.md``). The price is disk: tokens x dimension x 2 bytes per
+chunk (1024-d bge-m3: 2 KiB per token, ~0.5 MiB for a 256-token chunk).
 """
 
 from __future__ import annotations
