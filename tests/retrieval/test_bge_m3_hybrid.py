@@ -203,3 +203,18 @@ def test_the_shipped_config_validates_offline(repo_root):
     config = load_config(repo_root / "configs" / "bge-m3-hybrid.yaml")
     assert (config.embeddings.type, config.lexical.type, config.retriever.type) == ("bge-m3", "m3-sparse", "bge-m3")
     assert (config.retriever.weights.dense, config.retriever.weights.sparse, config.retriever.weights.colbert) == (0.4, 0.2, 0.4)
+
+
+def test_reindex_gives_all_three_stores_a_new_generation(corpus, tmp_path, tiny_bge_m3_dir):
+    config = m3_config(corpus, tmp_path / "index", tiny_bge_m3_dir)
+    pipe = Pipeline.from_config(config)
+    pipe.ingest()
+    before = pipe.as_retriever().invoke("honey bees")
+    old = pipe.store.collection_name
+    Pipeline.from_config(config).reindex()
+    fresh = Pipeline.from_config(config)
+    assert fresh.store.collection_name != old == "test"
+    assert fresh.lexical.collection_name == fresh.store.collection_name
+    assert fresh.lexical.ids() == fresh.store.ids() and len(fresh.store.ids()) == 4
+    after = fresh.as_retriever().invoke("honey bees")
+    assert [(d.id, round(d.metadata["score"], 4)) for d in after] == [(d.id, round(d.metadata["score"], 4)) for d in before]
