@@ -14,7 +14,7 @@ import pytest
 from conftest import pipeline_config
 from rag_pipeline import Pipeline
 from rag_pipeline.config import load_config
-from rag_pipeline.contracts import LexicalIndex
+from rag_pipeline.contracts import Embedder, LexicalIndex
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.lexical.bm25 import STORE_FILENAME
 
@@ -90,7 +90,7 @@ def test_ingest_stores_all_three_outputs_and_a_new_pipeline_combines_them(corpus
     fresh = Pipeline.from_config(config)  # another process: everything read back from disk
     ids = fresh.store.ids()
     assert len(ids) == 4 and fresh.lexical.ids() == ids
-    assert isinstance(fresh.lexical, LexicalIndex)
+    assert isinstance(fresh.lexical, LexicalIndex) and isinstance(fresh.embeddings, Embedder)
     rows = m3_rows(tmp_path / "index")
     assert set(rows) == ids
     for chunk_id, (tokens, weights, colbert, dimension) in rows.items():
@@ -136,6 +136,7 @@ def test_an_exact_match_query_finds_its_document_through_the_sparse_arm(corpus, 
     hits = retriever.path.arm_path(1).first_stage([word], 5)[0]  # the sparse arm alone
     assert [d.metadata["source"].endswith("rare.txt") for d in hits] == [True]  # the only chunk sharing the token
     assert hits[0].metadata["score"] > 0
+    assert token_id in np.frombuffer(m3_rows(tmp_path / "index")[hits[0].id][0], np.int32)
 
     # Combined, the random dense and ColBERT scores decide the order; the sparse score still
     # singles the document out, and weighted alone it puts it first.
