@@ -26,6 +26,9 @@ from .bge import BgeEmbeddings, BgeEmbeddingsConfig
 # FlagEmbedding's own limit for bge-m3 is 8192 tokens; at that length one passage's ColBERT
 # vectors alone are 16 MB in float16, so the default is BGE-M3's 512-token training length.
 DEFAULT_MAX_LENGTH = 512
+# The largest encode() whose sparse and ColBERT outputs are kept for the sparse index: the size
+# of an ingest batch with ``lexical: m3-sparse`` (its max_batch_size).
+KEEP_OUTPUTS_UP_TO = 256
 
 
 @dataclass
@@ -136,8 +139,17 @@ class BgeM3Embeddings(BgeEmbeddings):
         return M3Output(np.asarray(out["dense_vecs"], dtype=np.float32).reshape(len(texts), -1), sparse, colbert)
 
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
-        """The dense vectors (what the vector store holds); the other two outputs of the same pass
-        are kept for :meth:`passage_outputs`, which the sparse index asks next."""
+        """The dense vectors (what the vector store holds). For an ingest batch, the other two
+        outputs of the same pass are kept for :meth:`passage_outputs`, which the sparse index asks
+        next; a larger call (a whole corpus at once: ``Pipeline.index_chunks``) asks the model for
+        dense vectors only, since its ColBERT vectors would not fit in memory (~1 KiB per token)."""
+        if len(texts) > KEEP_OUTPUTS_UP_TO:
+            self._last = {}
+            out = self.client.encode_corpus(
+                list(texts), batch_size=self.config.batch_size, max_length=self.max_seq_length,
+                return_dense=True, return_sparse=False, return_colbert_vecs=False,
+            )
+            return np.asarray(out["dense_vecs"], dtype=np.float32).reshape(len(texts), -1)
         output = self.encode_m3(texts)
         self._last = {text: (weights, vectors) for text, weights, vectors in zip(texts, output.sparse, output.colbert)}
         return output.dense

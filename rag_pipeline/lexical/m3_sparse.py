@@ -42,9 +42,12 @@ from .bm25 import BM25Index, _Built, _TextStore, _top
 FORMAT_VERSION = "m3-sparse-1"  # names the in-memory matrices; bump when the stored layout changes
 
 
+NEEDS_M3_EMBEDDER = "lexical.type: m3-sparse holds BGE-M3's own outputs; set embeddings.type: bge-m3"
+
+
 def build_m3_sparse(config: "M3SparseConfig", embeddings: Any = None) -> "M3SparseIndex":
     if embeddings is None or not hasattr(embeddings, "passage_outputs"):
-        raise ConfigError("lexical.type: m3-sparse holds BGE-M3's own outputs; set embeddings.type: bge-m3")
+        raise ConfigError(NEEDS_M3_EMBEDDER)
     return M3SparseIndex(config, embeddings)
 
 
@@ -56,6 +59,9 @@ class M3SparseConfig(StageConfig):
 
     def settings_key(self) -> str:
         return hashlib.sha256(FORMAT_VERSION.encode("utf-8")).hexdigest()[:12]
+
+    def required_types(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        return {"embeddings": (("bge-m3",), NEEDS_M3_EMBEDDER)}
 
 
 class _M3Store(_TextStore):
@@ -130,7 +136,7 @@ class M3SparseIndex(BM25Index):
 
     # BGE-M3's outputs of a batch are held in memory until written (ColBERT: tokens x 1024 floats
     # per chunk), so ingest writes batches of this size at most (the smallest sink's size governs).
-    max_batch_size = 256
+    max_batch_size = 256  # = embeddings.bge_m3.KEEP_OUTPUTS_UP_TO (stages do not import each other)
     store_type = _M3Store
 
     def __init__(self, config: M3SparseConfig, embeddings: Any):

@@ -131,6 +131,10 @@ class M3RetrievalPath(RetrievalPath):
         ]
 
 
+NEEDS_M3_EMBEDDER = "retriever.type: bge-m3 combines BGE-M3's own outputs; set embeddings.type: bge-m3"
+NEEDS_M3_SPARSE = "retriever.type: bge-m3 needs BGE-M3's sparse index; set lexical: {type: m3-sparse}"
+
+
 def build_m3_retriever(
     config: "M3RetrieverConfig",
     embeddings,
@@ -142,9 +146,9 @@ def build_m3_retriever(
     k_name: str = "k",
 ) -> PipelineRetriever:
     if not isinstance(embeddings, BgeM3Embeddings):
-        raise ConfigError("retriever.type: bge-m3 combines BGE-M3's own outputs; set embeddings.type: bge-m3")
+        raise ConfigError(NEEDS_M3_EMBEDDER)
     if not isinstance(lexical, M3SparseIndex):
-        raise ConfigError("retriever.type: bge-m3 needs BGE-M3's sparse index; set lexical: {type: m3-sparse}")
+        raise ConfigError(NEEDS_M3_SPARSE)
     k = _result_count(config, reranker, k, k_name)
     path = M3RetrievalPath(
         arms=[
@@ -174,4 +178,7 @@ class M3RetrieverConfig(StageConfig):
     weights: M3Weights = Field(default_factory=M3Weights, description="dense/sparse/colbert, default 0.4/0.2/0.4.")
 
     def required_stages(self) -> dict[str, str]:
-        return {"lexical": "retriever.type: bge-m3 needs BGE-M3's sparse index; set lexical: {type: m3-sparse}"}
+        return {"lexical": NEEDS_M3_SPARSE}
+
+    def required_types(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        return {"embeddings": (("bge-m3",), NEEDS_M3_EMBEDDER), "lexical": (("m3-sparse",), NEEDS_M3_SPARSE)}

@@ -194,10 +194,42 @@ def test_bge_m3_refuses_a_query_instruction(tmp_path):
     assert "\n" not in message and "embeddings.query_instruction" in message and "no query instruction" in message
 
 
-def test_m3_sparse_needs_the_bge_m3_embedder(corpus, tmp_path, tiny_bge_dir):
-    config = pipeline_config(corpus, tmp_path / "index", str(tiny_bge_dir), lexical={"type": "m3-sparse"})
-    with pytest.raises(ConfigError, match="lexical.type: m3-sparse .* embeddings.type: bge-m3"):
-        Pipeline.from_config(config).lexical
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"lexical": {"type": "m3-sparse"}}, "lexical.type: m3-sparse holds BGE-M3's own outputs; set embeddings.type: bge-m3"),
+        (
+            {"lexical": {"type": "m3-sparse"}, "retriever": {"type": "bge-m3"}},
+            "lexical.type: m3-sparse holds BGE-M3's own outputs; set embeddings.type: bge-m3",
+        ),
+        (
+            {"embeddings": {"type": "bge-m3"}, "lexical": {"type": "bm25"}, "retriever": {"type": "bge-m3"}},
+            "retriever.type: bge-m3 needs BGE-M3's sparse index; set lexical: {type: m3-sparse}",
+        ),
+        ({"embeddings": {"type": "bge-m3"}, "retriever": {"type": "bge-m3"}}, "retriever.type: bge-m3 needs BGE-M3's sparse index"),
+    ],
+)
+def test_bge_m3_stages_refuse_other_stage_types_when_the_config_is_validated(tmp_path, sections, message):
+    with pytest.raises(ConfigError) as error:
+        load_config({"loader": {"path": "."}, "embeddings": {"type": "bge"}, **sections}, base_dir=tmp_path)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_the_dense_only_encode_of_a_whole_corpus_keeps_no_colbert_vectors(tiny_bge_m3_dir, reference, monkeypatch):
+    from rag_pipeline.embeddings.bge_m3 import KEEP_OUTPUTS_UP_TO, BgeM3Embeddings, BgeM3EmbeddingsConfig
+
+    embedder = BgeM3Embeddings(BgeM3EmbeddingsConfig(model=str(tiny_bge_m3_dir), show_progress=False))
+    asked = []
+    encode_corpus = embedder.client.encode_corpus
+    monkeypatch.setattr(
+        embedder.client, "encode_corpus", lambda texts, **kw: asked.append(kw["return_colbert_vecs"]) or encode_corpus(texts, **kw)
+    )
+    texts = [f"passage {i} about tides and bees" for i in range(KEEP_OUTPUTS_UP_TO + 1)]
+    dense = embedder.encode(texts)
+    assert asked == [False]  # a whole corpus: dense vectors only
+    np.testing.assert_allclose(dense, reference.encode(texts)["dense_vecs"], atol=DENSE_TOLERANCE)
+    embedder.encode(texts[:3])
+    assert asked == [False, True]  # an ingest batch: all three outputs, kept for the sparse index
 
 
 def test_the_shipped_config_validates_offline(repo_root):
