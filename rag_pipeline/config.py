@@ -193,6 +193,12 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
     for kind, message in (getattr(retriever, "required_stages", dict)() or {}).items():
         if sections.get(kind) is None:
             raise ConfigError(message)
+    # A stage that works only beside certain types of another stage says so (BGE-M3's sparse index
+    # and retriever need its embedder): refused here, before anything is built or loaded.
+    for stage in sections.values():
+        for kind, (types, message) in (getattr(stage, "required_types", dict)() or {}).items():
+            if sections.get(kind) is None or sections[kind].type not in types:
+                raise ConfigError(message)
     rest = {k: v for k, v in raw.items() if k not in KINDS}
     try:
         return PipelineConfig.model_validate({**rest, **sections, "base_dir": base_dir}, context=context)

@@ -45,7 +45,8 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("chunker", "recursive", needs=("embeddings",)),
     StageKind("vectorstore", "chroma", needs=("embeddings",)),
     StageKind("reranker", "bge-reranker", optional=True),
-    StageKind("lexical", "bm25", optional=True),  # a lexical index beside the dense one (hybrid retrieval)
+    # a lexical index beside the dense one (hybrid retrieval); BGE-M3's sparse index encodes with the embedder
+    StageKind("lexical", "bm25", optional=True, needs=("embeddings",)),
     StageKind("retriever", "dense", needs=("embeddings", "vectorstore", "reranker", "lexical")),
 )
 KINDS: dict[str, StageKind] = {kind.name: kind for kind in STAGE_KINDS}

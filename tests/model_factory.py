@@ -112,7 +112,10 @@ def build_tiny_reranker(folder: Path, *, seed: int = 0) -> Path:
 
 
 def build_tiny_bge_m3(folder: Path, *, seed: int = 0) -> Path:
-    """A bge-m3-shaped bi-encoder: XLM-RoBERTa, CLS pooling, normalisation (dense head only)."""
+    """A bge-m3-shaped model: XLM-RoBERTa, CLS pooling, normalisation, as a sentence-transformers
+    folder (the dense output), plus BGE-M3's two heads as FlagEmbedding's ``BGEM3FlagModel`` loads
+    them from the same folder: ``colbert_linear.pt`` (hidden -> hidden, the multi-vectors) and
+    ``sparse_linear.pt`` (hidden -> 1, a token's lexical weight after a ReLU)."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import XLMRobertaModel
 
@@ -126,4 +129,13 @@ def build_tiny_bge_m3(folder: Path, *, seed: int = 0) -> Path:
     pooling = models.Pooling(config.hidden_size, pooling_mode="cls")
     SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(folder))
     shutil.rmtree(backbone)
+    colbert_linear = torch.nn.Linear(config.hidden_size, config.hidden_size)
+    sparse_linear = torch.nn.Linear(config.hidden_size, 1)
+    # Random init puts half the ReLU'd token weights at 0, so an exact-match token could carry no
+    # weight; a positive bias gives every token a weight, as trained bge-m3 gives content words.
+    with torch.no_grad():
+        sparse_linear.weight.normal_(0, 0.05)
+        sparse_linear.bias.fill_(0.5)
+    torch.save(colbert_linear.state_dict(), folder / "colbert_linear.pt")
+    torch.save(sparse_linear.state_dict(), folder / "sparse_linear.pt")
     return folder

@@ -63,8 +63,8 @@ STOPWORD_LISTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_bm25(config: "BM25Config") -> "BM25Index":
-    return BM25Index(config)
+def build_bm25(config: "BM25Config", embeddings: Any = None) -> "BM25Index":
+    return BM25Index(config)  # (BM25 tokenizes by itself: the embedder is not needed)
 
 
 @register("lexical", "bm25", build_bm25)
@@ -188,6 +188,7 @@ class BM25Index:
     """A ``LexicalIndex``: chunks written by id, searched by query text (scores are BM25's)."""
 
     max_batch_size = 100_000  # no limit of its own: the dense index's batch size governs
+    store_type: type[_TextStore] = _TextStore  # what holds the chunks (a subclass may store more per chunk)
 
     def __init__(self, config: BM25Config):
         self.config = config
@@ -238,7 +239,7 @@ class BM25Index:
                 return None  # a reader creates nothing
             if folder is None and not create:
                 return None
-            store = self._stores[name] = _TextStore(folder / STORE_FILENAME if folder is not None else None)
+            store = self._stores[name] = self.store_type(folder / STORE_FILENAME if folder is not None else None)
         return store
 
     def exists(self) -> bool:

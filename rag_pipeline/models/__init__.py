@@ -3,7 +3,7 @@ precision it runs, and one shared loader. A low layer: it imports ``rag_pipeline
 third-party libraries only, never config, registry or the stages that use it."""
 
 from .identity import model_identity
-from .loading import load_bi_encoder, load_cross_encoder, load_tokenizer
+from .loading import load_bge_m3, load_bi_encoder, load_cross_encoder, load_tokenizer
 from .precision import DType, Precision, resolve_precision
 from .resolution import (
     BGE_EN_INSTRUCTION,
@@ -21,6 +21,7 @@ __all__ = [
     "Precision",
     "ResolvedModel",
     "default_query_instruction",
+    "load_bge_m3",
     "load_bi_encoder",
     "load_cross_encoder",
     "load_tokenizer",

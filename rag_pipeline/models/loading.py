@@ -131,6 +131,43 @@ def load_cross_encoder(
     return _load_shared("cross-encoder", build, resolved, precision, identity, max_length, trust_remote_code, cache_folder, what)
 
 
+def load_bge_m3(
+    resolved: ResolvedModel,
+    precision: Precision,
+    *,
+    identity: str,
+    max_seq_length: int,
+    batch_size: int,
+    trust_remote_code: bool = False,
+    cache_folder: str | None = None,
+    what: str = "embeddings.model",
+):
+    """FlagEmbedding's ``BGEM3FlagModel`` (dense, sparse and ColBERT outputs of one forward pass),
+    shared like :func:`load_bi_encoder`. FlagEmbedding is imported here, on first use: it is the
+    optional ``m3`` extra."""
+
+    def build(source: str, options: dict[str, Any]):
+        try:
+            from FlagEmbedding import BGEM3FlagModel
+        except ImportError as exc:
+            raise ModelNotAvailableError(
+                f"{what}: embeddings.type bge-m3 needs FlagEmbedding ({exc}); pip install 'rag-pipeline[m3]'"
+            ) from None
+        return BGEM3FlagModel(
+            source,
+            use_fp16=precision.dtype == "float16",
+            use_bf16=precision.dtype == "bfloat16",
+            devices=precision.device,
+            trust_remote_code=trust_remote_code,
+            cache_dir=cache_folder,
+            batch_size=batch_size,
+            query_max_length=max_seq_length,
+            passage_max_length=max_seq_length,
+        )
+
+    return _load_shared("bge-m3", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what)
+
+
 def _load_shared(
     kind: str,
     build: Callable[[str, dict[str, Any]], Any],
