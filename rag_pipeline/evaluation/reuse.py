@@ -9,6 +9,7 @@ that
   * a query's vector is computed once per embedding setup: keyed by the embedder's
     ``cache_identity()`` (model identity, query instruction, ``max_seq_length``, dtype, ...) and the
     query text, so an instruction or model change embeds again and nothing else does;
+  * a chunk's token count (the truncation report) once per tokenizer;
   * an arm's ranked list for a query is computed once per *search setup*: the whole config except
     the settings that act after the arms (``retriever.fusion``, ``k``, ``fetch_k``, ``arms``, the
     reranker), plus the dataset, the arm and the depth asked for. Any other change (``lexical.k1``,
@@ -58,6 +59,7 @@ class SweepMemo:
     _vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _lists: dict[tuple[str, str, int, bool], dict[str, list[Document]]] = field(default_factory=dict)
     _sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    _tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     _index_setup: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("queries_embedded", "queries_reused", "arm_searches", "arm_searches_reused"), 0))
@@ -70,8 +72,21 @@ class SweepMemo:
         self._index_setup = index_setup
         return replace(path, arms=[_MemoArm(arm, self, setup) for arm in path.arms])
 
+    def count_tokens(self, embedder: Any, texts: Sequence[str]) -> list[int]:
+        """``embedder.count_tokens(texts)``, each text counted once per tokenizer: the truncation
+        report counts every chunk of the corpus, which costs more than re-fusing SciFact."""
+        known = self._tokens.setdefault(_identity(embedder), {})
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known.update(zip(missing, embedder.count_tokens(missing)))
+        return [known[t] for t in texts]
+
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
+
+
+def _identity(embedder: Any) -> str:
+    return json.dumps(embedder.cache_identity(), sort_keys=True, default=str)
 
 
 @dataclass
@@ -90,8 +105,7 @@ class _MemoArm:
         # Only a dense arm's encoding is known to depend on nothing but the embedder and the text.
         if not isinstance(self.arm, DenseArm) or not queries:
             return self.arm.encode(queries)
-        identity = json.dumps(self.arm.embedder.cache_identity(), sort_keys=True, default=str)
-        known = self.memo._vectors.setdefault(identity, {})
+        known = self.memo._vectors.setdefault(_identity(self.arm.embedder), {})
         missing = list(dict.fromkeys(q for q in queries if q not in known))
         if missing:
             known.update(zip(missing, self.arm.encode(missing)))

@@ -217,7 +217,8 @@ def evaluate(
             # index_chunks counts dense writes only; a lexical index that gains texts changes too
             changed += len({c.id for c in chunks} - pipe.lexical.ids())
         report = pipe.index_chunks(chunks, show_progress=show_progress)
-    token_counts = embeddings.count_tokens([c.page_content for c in chunks])
+    chunk_texts = [c.page_content for c in chunks]
+    token_counts = reuse.count_tokens(embeddings, chunk_texts) if reuse is not None else embeddings.count_tokens(chunk_texts)
     timings["index"] = {
         "seconds": time.perf_counter() - tick,
         "chunks": len(chunks),

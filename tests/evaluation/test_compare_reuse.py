@@ -31,7 +31,7 @@ def config(tmp_path):
 @pytest.fixture
 def work(monkeypatch):
     """How many query texts went through the model, and how many each arm searched for."""
-    counts = {"embedded": 0, "dense": 0, "bm25": 0}
+    counts = {"embedded": 0, "dense": 0, "bm25": 0, "token_counted": 0}
 
     def counting(cls, method, key):
         original = getattr(cls, method)
@@ -43,6 +43,7 @@ def work(monkeypatch):
         monkeypatch.setattr(cls, method, wrapper)
 
     counting(BgeEmbeddings, "embed_queries", "embedded")
+    counting(BgeEmbeddings, "count_tokens", "token_counted")
     counting(DenseArm, "search_batch", "dense")
     counting(LexicalArm, "search_batch", "bm25")
     return counts
@@ -59,7 +60,7 @@ def test_a_fusion_sweep_embeds_and_searches_once_then_only_refuses(config, datas
     compare(config, dataset, grid, show_progress=False, on_result=lambda *args: done.append(dict(work)))
     queries = len(dataset.queries)
     assert done[0]["embedded"] == queries
-    assert done[0]["dense"] > 0 and done[0]["bm25"] > 0
+    assert done[0]["dense"] > 0 and done[0]["bm25"] > 0 and done[0]["token_counted"] > 0
     assert done[-1] == done[0], "the five later runs embedded or searched again"
 
 
