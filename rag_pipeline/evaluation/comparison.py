@@ -201,9 +201,9 @@ class ComparisonResult:
             "versions": self.versions,
         }
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path, *, dpi: int = 120) -> Path:
         """A PNG of the chosen metric per setting: a line over one grid key, a heatmap over two,
-        a bar per combination over more."""
+        a bar per combination over more. ``dpi`` lower for a smaller file (a notebook's output)."""
         check_can_plot()
         from matplotlib.figure import Figure  # no pyplot: no global backend, works headless (Agg)
 
@@ -265,7 +265,7 @@ class ComparisonResult:
                 axes.text(x, y, f" {x:.2f}", va="center", fontsize=8)
             title += " (red: best)"
         axes.set_title(title)
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=dpi)
         return path
 
     def write(self, folder: str | Path) -> dict[str, Path]:
