@@ -53,6 +53,7 @@ from ..pipeline import Pipeline
 from ..retrieval.path import document_key
 from .beir import BeirDataset
 from .metrics import METRICS, drop_identical_ids, evaluate_run, ranked
+from .reuse import SweepMemo, search_setup
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def evaluate(
     metrics: tuple[str, ...] = METRICS,
     show_progress: bool | None = None,
     ignore_identical_ids: bool = True,
+    reuse: SweepMemo | None = None,
 ) -> EvalResult:
     """Index ``dataset``'s corpus with the configured pipeline, run its queries and score them.
 
@@ -175,6 +177,9 @@ def evaluate(
     ``search``: ``exact`` (every chunk scored) or ``ann`` (Chroma's HNSW index, as in serving).
     ``ignore_identical_ids``: drop a retrieved document whose id is the query's id, as BEIR does
     by default (see :mod:`.metrics`); needed for ArguAna, Quora and CQADupStack.
+    ``reuse``: a :class:`~.reuse.SweepMemo` shared by several calls on the same dataset (what
+    :func:`~.comparison.compare` passes): query vectors and arms' ranked lists computed by an earlier
+    call with the same setup are reused, so a fusion-only change re-fuses without searching again.
     """
     started = time.perf_counter()
     base = _as_config(config, overrides)
@@ -205,12 +210,15 @@ def evaluate(
     if not chunks:
         raise ConfigError(f"{dataset.path}: the corpus has no text to index")
     with pipe.state.lock(pipe.config.ingest.lock_timeout):
-        _open_eval_collection(pipe.store)
-        _drop_stale_chunks(pipe.store, {c.id for c in chunks})
+        rebuilt = _open_eval_collection(pipe.store)
+        changed = _drop_stale_chunks(pipe.store, {c.id for c in chunks})
         if pipe.lexical is not None:
-            _drop_stale_chunks(pipe.lexical, {c.id for c in chunks})
+            changed += _drop_stale_chunks(pipe.lexical, {c.id for c in chunks})
+            # index_chunks counts dense writes only; a lexical index that gains texts changes too
+            changed += len({c.id for c in chunks} - pipe.lexical.ids())
         report = pipe.index_chunks(chunks, show_progress=show_progress)
-    token_counts = embeddings.count_tokens([c.page_content for c in chunks])
+    chunk_texts = [c.page_content for c in chunks]
+    token_counts = reuse.count_tokens(embeddings, chunk_texts) if reuse is not None else embeddings.count_tokens(chunk_texts)
     timings["index"] = {
         "seconds": time.perf_counter() - tick,
         "chunks": len(chunks),
@@ -225,6 +233,14 @@ def evaluate(
 
     # -- first stage: the serving path, all queries embedded at once, searched in batches ---------
     path = pipe.as_retriever().path
+    if reuse is not None:
+        settings, described = pipe.config.to_dict(), dataset.describe()
+        index_setup = search_setup({k: v for k, v in settings.items() if k not in ("retriever", "reranker")}, described)
+        path = reuse.wrap(
+            path, search_setup(settings, described),
+            index_setup=index_setup, index_changed=rebuilt or changed > 0 or report.added > 0,
+        )
+        reused_before = reuse.snapshot()
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
     tick = time.perf_counter()
@@ -271,6 +287,8 @@ def evaluate(
     reports["final"] = evaluate_run(dataset.qrels, final, metrics) if reranker is not None else reports["first_stage"]
     arm_metrics = {name: evaluate_run(dataset.qrels, run, metrics).mean for name, run in arm_runs.items()}
     timings["metrics"] = time.perf_counter() - tick
+    if reuse is not None:
+        timings["reuse"] = {name: count - reused_before[name] for name, count in reuse.snapshot().items()}
     timings["total"] = time.perf_counter() - started
     return EvalResult(
         metrics={stage: r.mean for stage, r in reports.items()},
@@ -298,23 +316,27 @@ def evaluate(
     )
 
 
-def _open_eval_collection(index) -> None:
+def _open_eval_collection(index) -> bool:
     """The eval collection is derived data: one built by another model is dropped and rebuilt
-    (its vectors come back from the embedding cache) rather than refused as a user's index is."""
+    (its vectors come back from the embedding cache) rather than refused as a user's index is.
+    True when it was dropped."""
     try:
         index.check()
     except IndexMismatchError:
         logger.info("the evaluation collection was built with another embedding setup; rebuilding it")
         index.clear()
         index.check()
+        return True
+    return False
 
 
-def _drop_stale_chunks(index, wanted: set[str]) -> None:
-    """Remove chunks that are not in this corpus (another subset, another chunker setting)."""
+def _drop_stale_chunks(index, wanted: set[str]) -> int:
+    """Remove chunks that are not in this corpus (another subset, another chunker setting); how many."""
     stale = sorted(index.ids() - wanted)
     if stale:
         index.delete(stale)
         logger.info("removed %d chunks that are not part of this evaluation corpus", len(stale))
+    return len(stale)
 
 
 def _best_chunk_per_doc(chunks: list[Document], depth: int) -> dict[str, float]:
