@@ -80,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="with --max-queries: seed for drawing the distractors")
     compare.add_argument("--search", choices=["exact", "ann"], default="exact", help="as in eval")
 
+    serve = with_config(commands.add_parser(
+        "serve", help="answer queries over HTTP with the models loaded once; a search page at /"
+    ))
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--token-env", metavar="VAR",
+        help="require `Authorization: Bearer <token>`, the token read from environment variable VAR "
+        "(required when --host is not a loopback address)",
+    )
+
     config = commands.add_parser("config", help="validate or show a config")
     _debug_flag(config)
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -217,8 +228,33 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerSettings, create_app, is_loopback, run_server
+    except ModuleNotFoundError as exc:
+        raise RagPipelineError(
+            f"serve needs {exc.name}, which is not installed: pip install 'rag-pipeline[serve]'"
+        ) from None
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise RagPipelineError(f"--token-env {args.token_env}: that environment variable is unset or empty; export the token in it")
+    elif not is_loopback(args.host):
+        # an index of private notes must not be open to a network by one mistyped flag
+        raise RagPipelineError(
+            f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
+            "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
+        )
+    app = create_app(_pipeline(args), ServerSettings(token=token))
+    print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)", file=sys.stderr)
+    run_server(app, args.host, args.port, log_level="warning" if args.quiet else "info")
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
             "config": cmd_config}
+COMMANDS["serve"] = _cmd_serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
