@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Sequence
 
+from . import __version__
 from .config import load_config, parse_override
 from .errors import RagPipelineError
 
@@ -25,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Load, chunk, embed (BGE), store (Chroma) and rerank: a LangChain retriever from a YAML config.",
     )
     parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", "-q", action="store_true", default=False, help="no progress bars, ours or the libraries'")
+    parser.add_argument("--version", action="version", version=f"rag-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -33,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override a config value by dotted key, e.g. --set retriever.k=3 (repeatable)",
         )
-        sub.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        # before or after the subcommand: SUPPRESS keeps what the top-level parser set (as --debug)
+        sub.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress bars, ours or the libraries'")
         _debug_flag(sub)
         return sub
 
@@ -146,9 +151,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    report = _pipeline(args).reindex()
+    pipe = _pipeline(args)
+    report = pipe.reindex()
     _print_ingest(report)
-    print(f"now serving collection {report.collection!r}")
+    logical = pipe.config.vectorstore.collection
+    print(
+        f"now serving Chroma collection {report.collection!r} under the name {logical!r}: keep "
+        f"vectorstore.collection: {logical} in your configs (the record maps the name to the current collection)"
+    )
     return 0
 
 
@@ -167,10 +177,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     queries = pipe.sample_queries()
     if not queries:
         raise RagPipelineError("sample_queries: the config lists no sample queries for `run`")
-    _print_ingest(pipe.ingest())
+    started = time.perf_counter()
+    report = pipe.ingest()
+    _print_ingest(report)
     retriever = pipe.as_retriever(k=args.k, k_name="--k")
-    for query, documents in zip(queries, retriever.batch(queries)):
+    answers = retriever.batch(queries)
+    for query, documents in zip(queries, answers):
         _print_results(query, documents)
+    empty = sum(1 for documents in answers if not documents)
+    print(
+        f"\ndone: {len(queries)} sample queries answered ({empty} with no result) from {report.collection_count} chunks "
+        f"of {report.files_seen} files in {time.perf_counter() - started:.1f}s; "
+        f"next: rag-pipeline query {args.config} \"...\" or rag-pipeline serve {args.config}"
+    )
     return 0
 
 
