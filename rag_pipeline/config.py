@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from . import catalog  # noqa: F401  (registers the built-in stage types before any lookup)
 from .errors import ConfigError, first_line
-from .registry import KINDS, STAGE_KINDS, lookup
+from .registry import KINDS, STAGE_KINDS, load_entry_point_stages, lookup
 from .stage_config import ConfigPath, StageConfig
 
 REQUIRED_SECTIONS = tuple(kind.name for kind in STAGE_KINDS if kind.required)
@@ -102,6 +102,7 @@ def load_config(
     ``source`` is a YAML file path or an already-parsed mapping. ``overrides`` maps dotted keys
     to values (``{"retriever.k": 3}``), taken as they are (the CLI parses ``--set`` text first).
     """
+    load_entry_point_stages()  # installed third-party stage types, before anything is validated
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
         base = Path(base_dir) if base_dir is not None else Path.cwd()
