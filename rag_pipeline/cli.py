@@ -193,7 +193,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_extra(module: str, extra: str, verb: str) -> None:
+    """Fail before any work when an optional feature's package is missing, naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise RagPipelineError(f"{verb} needs {module}, which is not installed: pip install 'rag-pipeline[{extra}]'")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _require_extra("pytrec_eval", "eval", "eval")
     from .evaluation import evaluate, load_beir
 
     dataset = load_beir(args.dataset, split=args.split)
@@ -207,6 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    _require_extra("pytrec_eval", "eval", "compare")
     from .evaluation import compare, load_beir, parse_grid
     from .evaluation.comparison import check_can_plot, validate_grid
 

@@ -100,3 +100,14 @@ def test_show_progress_false_also_silences_the_libraries_loading_bars(tmp_path, 
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "it/s" not in err
     assert transformers_logging.is_progress_bar_enabled()  # put back as it was
+
+
+def test_eval_without_its_extra_says_which_to_install(tiny_config, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytrec_eval" else real_find_spec(name, *a))
+    assert main(["eval", str(tiny_config), "--dataset", str(tmp_path / "no-such-dataset")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: eval needs pytrec_eval, which is not installed: pip install 'rag-pipeline[eval]'"
+    )

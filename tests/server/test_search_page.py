@@ -51,6 +51,7 @@ def test_the_page_shows_each_result_with_its_position_and_every_score(server, hy
             if f"{arm}_rank" in document.metadata:
                 assert shown[f"{arm}_rank"] == f"#{document.metadata[f'{arm}_rank']}"
         assert item.select_one("tr.ranked-by")["data-score"] == "score"
+        assert item.select_one('tr[data-score="score"] td.name').get_text() == "fused score (the arms combined)"
     assert page.select_one("#status").get_text().startswith("3 results in ")
 
     screenshot = tmp_path / "page.png"
