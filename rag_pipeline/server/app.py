@@ -191,11 +191,9 @@ class PipelineService:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             pipeline = self.pipeline
-            if hasattr(pipeline, "stats"):
-                return {"stats": _jsonable(pipeline.stats())}
             store = pipeline.store
             reranker = pipeline.config.reranker
-            return {
+            stats = {
                 "name": pipeline.config.name,
                 "collection": store.config.collection,
                 "physical_collection": store.collection_name,
@@ -204,6 +202,9 @@ class PipelineService:
                 "reranker_model": str(reranker.model) if reranker is not None else None,
                 "retriever": pipeline.config.retriever.type,
             }
+            if hasattr(pipeline, "stats"):  # the documents API's fuller account (sizes, fingerprint, sources)
+                stats["index"] = _jsonable(pipeline.stats())
+            return stats
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
