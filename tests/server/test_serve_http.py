@@ -129,3 +129,13 @@ def test_serving_a_config_with_no_index_says_ingest_first(tmp_path, sample_corpu
     config.write_text(yaml.safe_dump(pipeline_config(sample_corpus, tmp_path / "none", str(tiny_bge_dir))))
     assert main(["serve", str(config)]) == 2
     assert "run `rag-pipeline ingest CONFIG` first" in capsys.readouterr().err
+
+
+def test_serve_without_its_extra_says_which_to_install(hybrid_index, monkeypatch, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("rag_pipeline.server")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+    assert main(["serve", str(hybrid_index[0])]) == 2
+    assert capsys.readouterr().err.strip() == "error: serve needs fastapi, which is not installed: pip install 'rag-pipeline[serve]'"
