@@ -156,7 +156,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     _print_ingest(report)
     logical = pipe.config.vectorstore.collection
     print(
-        f"now serving Chroma collection {report.collection!r} under the name {logical!r}: keep "
+        f"now serving collection {report.collection!r} under the name {logical!r}: keep "
         f"vectorstore.collection: {logical} in your configs (the record maps the name to the current collection)"
     )
     return 0

@@ -73,7 +73,7 @@ def test_reindex_says_the_config_keeps_the_logical_collection_name(tiny_config, 
     physical = Pipeline.from_yaml(tiny_config).store.collection_name
     assert physical != "test"
     assert last == (
-        f"now serving Chroma collection {physical!r} under the name 'test': keep vectorstore.collection: test "
+        f"now serving collection {physical!r} under the name 'test': keep vectorstore.collection: test "
         "in your configs (the record maps the name to the current collection)"
     )
 
