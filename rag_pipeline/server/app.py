@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder  # reports, dataclasses, paths -> JSON
 from fastapi.responses import HTMLResponse, JSONResponse
 from langchain_core.documents import Document
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,20 +117,6 @@ def result_item(rank: int, document: Document) -> ResultItem:
     )
 
 
-def _jsonable(value: Any) -> Any:
-    """What another module's method returned, as JSON (a report object, a count, None)."""
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
-        return value
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return {key: _jsonable(item) if not isinstance(item, (list, tuple)) else [_jsonable(i) for i in item]
-                for key, item in asdict(value).items()}
-    return str(value)
-
-
 class PipelineService:
     """The one pipeline a server holds: models loaded at start, calls one at a time.
 
@@ -180,13 +167,14 @@ class PipelineService:
     def add_documents(self, request: AddDocumentsRequest) -> Any:
         documents = [Document(page_content=d.content, metadata=d.metadata, id=d.id) for d in request.documents]
         with self._lock:
-            return _jsonable(_document_api(self.pipeline, "add_documents")(documents, source=request.source))
+            return jsonable_encoder(_document_api(self.pipeline, "add_documents")(documents, source=request.source))
 
     def delete_documents(self, request: DeleteDocumentsRequest) -> Any:
         if (request.source is None) == (request.ids is None):
             raise HTTPException(400, "give exactly one of `source` or `ids`")
         with self._lock:
-            return _jsonable(_document_api(self.pipeline, "delete")(source=request.source, ids=request.ids))
+            chosen = {"source": request.source} if request.source is not None else {"ids": request.ids}
+            return jsonable_encoder(_document_api(self.pipeline, "delete")(**chosen))
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -203,7 +191,7 @@ class PipelineService:
                 "retriever": pipeline.config.retriever.type,
             }
             if hasattr(pipeline, "stats"):  # the documents API's fuller account (sizes, fingerprint, sources)
-                stats["index"] = _jsonable(pipeline.stats())
+                stats["index"] = jsonable_encoder(pipeline.stats())
             return stats
 
     def health(self) -> dict[str, Any]:
