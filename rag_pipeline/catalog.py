@@ -1,7 +1,9 @@
 """The built-in stages: importing this module registers every ``type:`` the package ships.
 
 One list, so that what a config may name is visible in one place; ``config.load_config`` imports
-it before validating. Third-party stages register themselves (``registry.register``) the same way.
+it before validating. Third-party stages register themselves (``registry.register``) the same way,
+and installed ones are imported from the ``rag_pipeline.stages`` entry-point group when a config is
+first loaded (``registry.load_entry_point_stages``).
 """
 
 from __future__ import annotations

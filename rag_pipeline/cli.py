@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Sequence
 
+from . import __version__
 from .config import load_config, parse_override
 from .errors import RagPipelineError
 
@@ -25,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Load, chunk, embed (BGE), store (Chroma) and rerank: a LangChain retriever from a YAML config.",
     )
     parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", "-q", action="store_true", default=False, help="no progress bars, ours or the libraries'")
+    parser.add_argument("--version", action="version", version=f"rag-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -33,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override a config value by dotted key, e.g. --set retriever.k=3 (repeatable)",
         )
-        sub.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        # before or after the subcommand: SUPPRESS keeps what the top-level parser set (as --debug)
+        sub.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress bars, ours or the libraries'")
         _debug_flag(sub)
         return sub
 
@@ -79,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--distractors", type=int, default=500, metavar="D", help="with --max-queries: other documents drawn at random (default 500)")
     compare.add_argument("--seed", type=int, default=0, help="with --max-queries: seed for drawing the distractors")
     compare.add_argument("--search", choices=["exact", "ann"], default="exact", help="as in eval")
+
+    serve = with_config(commands.add_parser(
+        "serve", help="answer queries over HTTP with the models loaded once; a search page at /"
+    ))
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--token-env", metavar="VAR",
+        help="require `Authorization: Bearer <token>`, the token read from environment variable VAR "
+        "(required when --host is not a loopback address)",
+    )
 
     config = commands.add_parser("config", help="validate or show a config")
     _debug_flag(config)
@@ -142,9 +158,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    report = _pipeline(args).reindex()
+    pipe = _pipeline(args)
+    report = pipe.reindex()
     _print_ingest(report)
-    print(f"now serving collection {report.collection!r}")
+    logical = pipe.config.vectorstore.collection
+    print(
+        f"now serving collection {report.collection!r} under the name {logical!r}: keep "
+        f"vectorstore.collection: {logical} in your configs (the record maps the name to the current collection)"
+    )
     return 0
 
 
@@ -164,14 +185,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     queries = pipe.sample_queries()
     if not queries:
         raise RagPipelineError("sample_queries: the config lists no sample queries for `run`")
-    _print_ingest(pipe.ingest())
+    started = time.perf_counter()
+    report = pipe.ingest()
+    _print_ingest(report)
     retriever = pipe.as_retriever(k=args.k, k_name="--k")
-    for query, documents in zip(queries, retriever.batch(queries)):
+    answers = retriever.batch(queries)
+    for query, documents in zip(queries, answers):
         _print_results(query, documents, retriever)
+    empty = sum(1 for documents in answers if not documents)
+    print(
+        f"\ndone: {len(queries)} sample queries answered ({empty} with no result) from {report.collection_count} chunks "
+        f"of {report.files_seen} files in {time.perf_counter() - started:.1f}s; "
+        f"next: rag-pipeline query {args.config} \"...\" or rag-pipeline serve {args.config}"
+    )
     return 0
 
 
+def _require_extra(module: str, extra: str, verb: str) -> None:
+    """Fail before any work when an optional feature's package is missing, naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise RagPipelineError(f"{verb} needs {module}, which is not installed: pip install 'rag-pipeline[{extra}]'")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _require_extra("pytrec_eval", "eval", "eval")
     from .evaluation import evaluate, load_beir
 
     dataset = load_beir(args.dataset, split=args.split)
@@ -185,6 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    _require_extra("pytrec_eval", "eval", "compare")
     from .evaluation import compare, load_beir, parse_grid
     from .evaluation.comparison import check_can_plot, validate_grid
 
@@ -230,8 +270,33 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerSettings, create_app, is_loopback, run_server
+    except ModuleNotFoundError as exc:
+        raise RagPipelineError(
+            f"serve needs {exc.name}, which is not installed: pip install 'rag-pipeline[serve]'"
+        ) from None
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise RagPipelineError(f"--token-env {args.token_env}: that environment variable is unset or empty; export the token in it")
+    elif not is_loopback(args.host):
+        # an index of private notes must not be open to a network by one mistyped flag
+        raise RagPipelineError(
+            f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
+            "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
+        )
+    app = create_app(_pipeline(args), ServerSettings(token=token))
+    print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)", file=sys.stderr)
+    run_server(app, args.host, args.port, log_level="warning" if args.quiet else "info")
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
             "config": cmd_config}
+COMMANDS["serve"] = _cmd_serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:

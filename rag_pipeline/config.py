@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from . import catalog  # noqa: F401  (registers the built-in stage types before any lookup)
 from .errors import ConfigError, first_line
-from .registry import KINDS, STAGE_KINDS, lookup
+from .registry import KINDS, STAGE_KINDS, load_entry_point_stages, lookup
 from .stage_config import ConfigPath, StageConfig
 
 REQUIRED_SECTIONS = tuple(kind.name for kind in STAGE_KINDS if kind.required)
@@ -102,6 +102,7 @@ def load_config(
     ``source`` is a YAML file path or an already-parsed mapping. ``overrides`` maps dotted keys
     to values (``{"retriever.k": 3}``), taken as they are (the CLI parses ``--set`` text first).
     """
+    load_entry_point_stages()  # installed third-party stage types, before anything is validated
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
         base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -112,7 +113,7 @@ def load_config(
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {first_line(exc, limit=None)}") from None
+            raise ConfigError(_yaml_syntax_message(path, exc)) from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -223,3 +224,16 @@ def _format_validation_error(exc: ValidationError, prefix: str, model: type[Base
                 message += f" (got {error['input']!r})"
         lines.append(f"{key}: {message}")
     return "; ".join(lines)
+
+
+def _yaml_syntax_message(path: Path, exc: yaml.YAMLError) -> str:
+    """``file:line:column: not valid YAML: <problem>`` (1-based, as editors count), on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f"{path}: not valid YAML: {first_line(exc, limit=None)}"
+    message = f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        message += f" ({context} that starts at line {context_mark.line + 1})"
+    return message

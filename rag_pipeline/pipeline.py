@@ -234,13 +234,16 @@ class Pipeline:
         report.seconds = time.perf_counter() - started
         return report
 
-    def index_chunks(self, chunks: list[Document], show_progress: bool | None = None) -> IngestReport:
+    def index_chunks(
+        self, chunks: list[Document], show_progress: bool | None = None, *, report_truncated: bool = True
+    ) -> IngestReport:
         """Embed and write the chunks the collection does not hold yet, batch by batch (and, with a
         ``lexical:`` section, index the texts the lexical index does not hold yet).
 
         A primitive for collections you manage yourself (evaluation): it keeps no record and takes
         no lock. Chunks written this way are not ingest's: an ``ingest()`` into the same collection
-        removes them.
+        removes them. ``report_truncated=False``: no warning about chunks the model will cut (a
+        caller that cuts on purpose, as evaluation does to match BEIR/MTEB, reports them itself).
         """
         if show_progress is None:
             show_progress = self.embeddings.config.show_progress
@@ -255,7 +258,8 @@ class Pipeline:
                 unique = {c.id: c for c in chunks}
                 missing = unique.keys() - lexical.ids()
                 lexical.upsert_texts([unique[i] for i in sorted(missing)])
-        warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
+        if report_truncated:
+            warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.collection_count = self.store.count()
         return report
 

@@ -17,11 +17,12 @@ executed unless code of this package (``catalog.py``) or a plugin registered it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,45 @@ def register(kind: str, name: str, builder: Callable[..., Any]) -> Callable[[Con
 
 def lookup(kind: str, name: str) -> Registration:
     """The registration of ``type: name`` for a kind; a one-line ConfigError listing the choices."""
+    load_entry_point_stages()
     try:
         return _REGISTRY[kind][name]
     except KeyError:
         choices = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
         raise ConfigError(f"{kind}.type: unknown {kind} type {name!r}; choose one of: {choices}") from None
+
+
+ENTRY_POINT_GROUP = "rag_pipeline.stages"
+_entry_points_loaded = False
+
+
+def load_entry_point_stages() -> list[str]:
+    """Import the third-party stage modules installed under the ``rag_pipeline.stages`` entry-point
+    group (each registers its types with :func:`register` when imported); returns their names.
+
+    Only installed distributions are consulted, once per process: a config names a ``type:``, never
+    a module, so no config can make this package import anything.
+
+        # the plugin's pyproject.toml
+        [project.entry-points."rag_pipeline.stages"]
+        sentences = "my_stages.sentences"
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return []
+    _entry_points_loaded = True  # first: a plugin that asks the registry while it imports must not loop
+    loaded = []
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - any failure of someone else's code: name it, one line
+            _entry_points_loaded = False
+            dist = entry_point.dist
+            where = f" (from {dist.name} {dist.version})" if dist is not None else ""
+            raise ConfigError(
+                f"stage plugin {entry_point.name!r} = {entry_point.value}{where} in entry-point group "
+                f"{ENTRY_POINT_GROUP} failed to import ({type(exc).__name__}: {first_line(exc)}); "
+                "fix or uninstall that package"
+            ) from exc
+        loaded.append(entry_point.name)
+    return loaded

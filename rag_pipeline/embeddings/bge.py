@@ -113,6 +113,7 @@ class BgeEmbeddings(Embeddings):
                 max_seq_length=self.config.max_seq_length,
                 trust_remote_code=self.config.trust_remote_code,
                 cache_folder=self._cache_folder,
+                show_progress=self.config.show_progress,
             )
         return self._model
 

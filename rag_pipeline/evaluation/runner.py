@@ -129,8 +129,8 @@ class EvalResult:
         index, t = self.timings["index"], self.timings
         lines.append(
             f"index {index['seconds']:.1f}s ({index['embedded']} embedded, {index['from_cache']} from the embedding "
-            f"cache, {index['already_indexed']} already indexed; {index['truncated']} longer than "
-            f"{index['max_seq_length']} tokens, truncated)"
+            f"cache, {index['already_indexed']} already indexed; {index['truncated']} of {index['chunks']} chunks longer "
+            f"than {index['max_seq_length']} tokens, embedded from their first {index['max_seq_length']} as BEIR/MTEB do)"
         )
         lines.append(
             f"model load {t['load_models']:.1f}s, query embedding {t['embed_queries']:.1f}s, search {t['search']:.1f}s"
@@ -216,7 +216,8 @@ def evaluate(
             changed += _drop_stale_chunks(pipe.lexical, {c.id for c in chunks})
             # index_chunks counts dense writes only; a lexical index that gains texts changes too
             changed += len({c.id for c in chunks} - pipe.lexical.ids())
-        report = pipe.index_chunks(chunks, show_progress=show_progress)
+        # truncation is reported once, below, over every chunk (not only this run's new ones)
+        report = pipe.index_chunks(chunks, show_progress=show_progress, report_truncated=False)
     chunk_texts = [c.page_content for c in chunks]
     token_counts = reuse.count_tokens(embeddings, chunk_texts) if reuse is not None else embeddings.count_tokens(chunk_texts)
     timings["index"] = {

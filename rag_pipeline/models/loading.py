@@ -17,9 +17,10 @@ import json
 import logging
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from ..errors import ModelNotAvailableError, first_line
 from .precision import Precision
@@ -96,8 +97,11 @@ def load_bi_encoder(
     trust_remote_code: bool = False,
     cache_folder: str | None = None,
     what: str = "embeddings.model",
+    show_progress: bool | None = None,
 ):
-    """A ``SentenceTransformer`` in eval mode, shared with every caller that asks for the same."""
+    """A ``SentenceTransformer`` in eval mode, shared with every caller that asks for the same.
+
+    ``show_progress=False`` also silences the hub's download bars (see :func:`library_progress`)."""
 
     def build(source: str, options: dict[str, Any]):
         from sentence_transformers import SentenceTransformer
@@ -108,7 +112,10 @@ def load_bi_encoder(
         model.eval()
         return model
 
-    return _load_shared("bi-encoder", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what)
+    return _load_shared(
+        "bi-encoder", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what,
+        show_progress=show_progress,
+    )
 
 
 def load_cross_encoder(
@@ -178,6 +185,7 @@ def _load_shared(
     trust_remote_code: bool,
     cache_folder: str | None,
     what: str,
+    show_progress: bool | None = None,
 ):
     """One model per (kind, files, precision, length, options) in this process, loaded on first
     ask; a load that fails for want of files is one ``ModelNotAvailableError`` with the remedy."""
@@ -196,7 +204,8 @@ def _load_shared(
             "model_kwargs": {"dtype": precision.torch_dtype},
         }
         try:
-            return build(source, options)
+            with library_progress(show_progress):
+                return build(source, options)
         except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
             raise _not_available(what, resolved, exc) from None
 
@@ -298,3 +307,29 @@ def _lower_case(tokenizer) -> None:
     elif normalizer is not None:
         steps.append(normalizer)
     tokenizer.backend_tokenizer.normalizer = Sequence(steps)
+
+
+@contextmanager
+def library_progress(show_progress: bool | None) -> Iterator[None]:
+    """The libraries' own bars while a model loads, governed by ours.
+
+    transformers' "Loading weights" bar is never shown: it counts tensors read from local disk in
+    milliseconds and tells nobody anything. huggingface_hub's download bars (a first use of a hub
+    model) follow ``show_progress``: off when False, the library's own setting otherwise. Both
+    switches are process-wide, so each is put back as it was.
+    """
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    weights_bar_was_on = transformers_logging.is_progress_bar_enabled()
+    hub_bars_were_off = hub_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()
+    if show_progress is False:
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if weights_bar_was_on:
+            transformers_logging.enable_progress_bar()
+        if show_progress is False and not hub_bars_were_off:
+            hub_utils.enable_progress_bars()
