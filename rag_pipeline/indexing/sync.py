@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,6 +67,10 @@ _FILE_SELECTION_KEYS = {
 # filesystem's timestamp granularity without its mtime moving ("racy git"): it is hashed.
 RACY_WINDOW_NS = 2_000_000_000
 CLEANUP_MODES = ("full", "incremental", "none")
+CONFLICT_REASON = (
+    "not indexed: documents added from code hold this source name; delete them "
+    "(rag-pipeline delete CONFIG --source SOURCE) or rename the file"
+)
 
 
 def ingest_settings(loader_config: Any, chunker_config: Any, model: dict[str, Any] | None = None) -> str:
@@ -92,17 +97,26 @@ def _hashable(st, max_file_size: int | None) -> bool:
 
 
 def plan_sync(
-    loader: Any, record: IndexRecord | None, collection: str, settings: str, cleanup: str
+    loader: Any, record: IndexRecord | None, collection: str, settings: str, cleanup: str, prune_api: bool = False
 ) -> SyncPlan:
     """What an ingest would do. Reads the record and the files' stat (and, where the stat changed,
-    their bytes to hash); writes nothing."""
+    their bytes to hash); writes nothing.
+
+    Sources added from code are not the folder's to decide: they are kept, unless ``prune_api``
+    (``ingest --prune-api``) asks for the index to mirror the folder alone. A file whose source
+    names one of them is not indexed over it (``plan.conflicts``)."""
     plan = SyncPlan(collection=collection, cleanup=cleanup)
     recorded = record.files(collection) if record is not None else {}
+    from_code = {source for source, file in recorded.items() if file.from_code}
+    recorded = {source: file for source, file in recorded.items() if source not in from_code}
     plan.interrupted = record is not None and record.is_dirty(collection)
     max_file_size = getattr(loader.config, "max_file_size", None)
     seen: set[str] = set()
     for path in loader.discover():
         source = loader.source_id(path)
+        if source in from_code:
+            plan.conflicts.append(source)
+            continue
         seen.add(source)
         previous = recorded.get(source)
         if previous is None:
@@ -125,6 +139,12 @@ def plan_sync(
             plan.removed_chunks += recorded[source].chunks
         else:
             plan.kept.append(source)
+    for source in sorted(from_code):
+        if prune_api:
+            plan.removed.append(source)
+            plan.removed_chunks += record.files(collection)[source].chunks if record is not None else 0
+        else:
+            plan.from_code.append(source)
     return plan
 
 
@@ -240,6 +260,7 @@ class Indexer:
         settings: str,
         cleanup: str = "full",
         show_progress: bool = False,
+        prune_api: bool = False,
     ):
         if cleanup not in CLEANUP_MODES:
             raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
@@ -253,6 +274,7 @@ class Indexer:
         self.settings = settings
         self.cleanup = cleanup
         self.show_progress = show_progress
+        self.prune_api = prune_api
         self._writing = False
 
     def sync(self) -> IngestReport:
@@ -269,8 +291,10 @@ class Indexer:
             )
             self.record.set_dirty(self.collection, True)
             self._forget_files_missing_from_collection()
-        plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup)
+        plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup, self.prune_api)
         report.files_seen = plan.files_seen
+        for source in plan.conflicts:
+            self.loader.report(FileError(source, CONFLICT_REASON), report.errors)
         report.files_unchanged = len(plan.unchanged)
         report.chunks = report.skipped = plan.unchanged_chunks
         for error in getattr(self.loader, "discovery_errors", []):
@@ -283,6 +307,7 @@ class Indexer:
             self._sweep(report)
         if self._writing:
             self.record.set_dirty(self.collection, False)
+        self.record.set_meta(f"last_ingest:{self.collection}", str(time.time()))
         primary = self.sinks[0]
         report.collection_count = primary.count() if primary.exists() else 0
         return report
@@ -299,8 +324,15 @@ class Indexer:
         missing = set().union(*((recorded - sink.ids()) if sink.exists() else recorded for sink in self.sinks))
         if missing:
             sources = self.record.chunk_sources(self.collection, missing)
-            logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources))
-            self.record.remove_sources(self.collection, sources)
+            files = self.record.files(self.collection)
+            from_code = {s for s in sources if s in files and files[s].from_code}
+            logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources - from_code))
+            self.record.remove_sources(self.collection, sources - from_code)
+            if from_code:
+                # Documents added from code cannot be read again: only the chunks that are gone are forgotten.
+                lost = missing & self.record.chunk_ids(self.collection, from_code)
+                logger.warning("%d chunks added from code are missing from the collection; forgetting them", len(lost))
+                self.record.remove_chunks(self.collection, lost)
 
     def _index_files(self, plan: SyncPlan, report: IngestReport) -> None:
         """Read each file document by document, and write its chunks in bounded batches as they

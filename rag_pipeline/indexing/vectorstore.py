@@ -1,0 +1,127 @@
+"""The index as a LangChain ``VectorStore`` whose writes go through the index record.
+
+``pipe.vectorstore`` (``Pipeline.as_vectorstore()``): ``add_documents``/``add_texts`` store each
+document as one entry under its id (LangChain's contract: the caller splits; the same id again
+overwrites), ``delete(ids)`` removes entries, ``get_by_ids`` reads them back, and the searches ask
+the configured vector index. Every write takes the index's write lock and is recorded as a source
+added from code, so the next ``ingest`` keeps it. The async methods are LangChain's defaults (the
+sync ones in a worker thread).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, ContextManager, Iterable, Sequence
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from ..contracts import Filter, VectorIndex
+from .documents import DocumentWriter
+
+
+def _without_score(hit: Document) -> tuple[Document, float]:
+    metadata = dict(hit.metadata)
+    score = float(metadata.pop("score"))
+    return Document(page_content=hit.page_content, metadata=metadata, id=hit.id), score
+
+
+class IndexedVectorStore(VectorStore):
+    """A LangChain ``VectorStore`` over a pipeline's index; build it with ``Pipeline.as_vectorstore()``.
+
+    ``index`` returns the vector index serving now, ``writes`` opens a locked write session.
+    Scores are the index's similarities (cosine for ``distance: cosine``), higher is better.
+    """
+
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        index: Callable[[], VectorIndex],
+        writes: Callable[[], ContextManager[DocumentWriter]],
+    ):
+        self._embeddings = embeddings
+        self._index = index
+        self._writes = writes
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embeddings
+
+    # -- writes --------------------------------------------------------------------------------------
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        ids = kwargs.pop("ids", None)
+        if ids is not None and len(ids) != len(documents):
+            raise ValueError(f"{len(ids)} ids for {len(documents)} documents")
+        ids = [
+            str(ids[n] if ids is not None and ids[n] is not None else document.id or uuid.uuid4())
+            for n, document in enumerate(documents)
+        ]
+        # Copies: the caller's documents are not given ids behind their back.
+        entries = [
+            Document(page_content=d.page_content, metadata=dict(d.metadata), id=i) for d, i in zip(documents, ids)
+        ]
+        if entries:
+            with self._writes() as writer:
+                writer.upsert_entries(entries)
+        return ids
+
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None, **kwargs: Any
+    ) -> list[str]:
+        texts = list(texts)
+        metadatas = metadatas or [{} for _ in texts]
+        return self.add_documents(
+            [Document(page_content=t, metadata=dict(m)) for t, m in zip(texts, metadatas)], ids=ids, **kwargs
+        )
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        if ids is None:
+            raise ValueError("delete needs the ids to delete (Pipeline.delete(source=...) removes a whole source)")
+        if ids:
+            with self._writes() as writer:
+                writer.delete_ids([str(i) for i in ids])
+        return True
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        index = self._index()
+        if not ids or not index.exists():
+            return []
+        held = index.existing_ids(list(ids))
+        return index.documents([i for i in dict.fromkeys(ids) if i in held])
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        index = self._index()
+        if not index.exists():
+            return []
+        hits = index.search_batch(np.asarray([embedding], dtype=np.float32), k, filter)[0]
+        return [_without_score(hit) for hit in hits]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self.similarity_search_with_score_by_vector(self._embeddings.embed_query(query), k, filter)
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [document for document, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+
+    def similarity_search(self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any) -> list[Document]:
+        return [document for document, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        # The scores are similarities already (1 - Chroma's cosine distance), as LangChain's own
+        # cosine relevance function would make them.
+        return lambda score: score
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, **kwargs: Any):
+        raise TypeError(
+            "IndexedVectorStore is the index of a configured pipeline: use Pipeline.from_yaml(...).as_vectorstore(), "
+            "then add_texts(...)"
+        )
