@@ -103,8 +103,6 @@ class DocumentWriter:
             report.files_unchanged, report.skipped = 1, previous.chunks
             return report
         ids = [c.id for c in chunks]
-        if not ids:
-            continue
         self._write(chunks, report)
         old = self.record.chunk_ids(self.collection, [source])
         size = sum(len(d.page_content.encode("utf-8")) for d in documents)

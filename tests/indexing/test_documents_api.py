@@ -164,3 +164,74 @@ def test_reindex_carries_documents_from_code_to_the_new_collection(config, tiny_
     assert after["penguins"] == before["penguins"] and after["vectorstore"] == {"c1"}
     assert not Pipeline.from_config(config).ingest().recovered
     assert [d.page_content for d in Pipeline.from_config(config).vectorstore.get_by_ids(["c1"])] == ["A lone crane."]
+
+
+# A child process that adds (or deletes) documents from code and is killed at a crash point.
+_CHILD = """
+import json, sys
+from langchain_core.documents import Document
+from rag_pipeline import Pipeline
+config, action, text = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+pipe = Pipeline.from_config(config)
+if action == "add":
+    pipe.add_documents([Document(page_content=text)], source="notes")
+else:
+    pipe.delete(source="notes")
+"""
+
+OLD_NOTES = "Kestrels hover over the verge before they drop on a vole. " * 10
+NEW_NOTES = "Kestrels hover over the verge. " * 3 + "Owls hunt by ear at night and fly without a sound. " * 10
+
+
+@pytest.mark.parametrize(
+    "action, point",
+    [
+        ("add", "embedding:1"),  # vectors in the cache, nothing in Chroma
+        ("add", "writing:2"),  # some new chunks in Chroma, the record still lists the old version
+        ("add", "recorded:1"),  # the record lists the new version, the old chunks still in Chroma
+        ("delete", "removing:1"),  # the record forgot the source, its chunks still in Chroma
+    ],
+)
+def test_a_killed_write_from_code_is_reconciled_by_the_next_ingest(config, tmp_path, action, point):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    Pipeline.from_config(config).ingest()
+    Pipeline.from_config(config).add_documents([Document(page_content=OLD_NOTES)], source="notes")
+    clean = {**config, "vectorstore": {**config["vectorstore"], "persist_directory": str(tmp_path / "clean")}}
+    shutil.copytree(config["vectorstore"]["persist_directory"], tmp_path / "clean")
+
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(config), action, NEW_NOTES],
+        env={**os.environ, "RAG_PIPELINE_FAULT": point}, capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == -9, child.stderr  # killed where asked
+
+    recovered = Pipeline.from_config(config).ingest()
+    assert recovered.recovered
+    if action == "add":  # the caller retries what was interrupted
+        Pipeline.from_config(config).add_documents([Document(page_content=NEW_NOTES)], source="notes")
+        Pipeline.from_config(clean).add_documents([Document(page_content=NEW_NOTES)], source="notes")
+    else:
+        assert "notes" not in _by_source(config)
+        Pipeline.from_config(clean).delete(source="notes")
+    assert not Pipeline.from_config(clean).ingest().recovered
+    assert snapshot(config) == snapshot(clean)
+
+
+def test_writes_from_code_wait_for_a_running_ingest_and_then_give_up(config, tmp_path):
+    from sync_helpers import paused_at_first_write, write_config
+
+    from rag_pipeline import IndexBusyError
+
+    config["ingest"] = {"lock_timeout": 0.5}
+    with paused_at_first_write(write_config(config, tmp_path / "config.yaml"), "ingest", tmp_path / "release"):
+        with pytest.raises(IndexBusyError, match="another ingest or reindex is writing"):
+            Pipeline.from_config(config).add_documents(_notes(PENGUINS), source="penguins")
+        with pytest.raises(IndexBusyError):
+            Pipeline.from_config(config).vectorstore.add_texts(["a crane"], ids=["c1"])
+    Pipeline.from_config(config).add_documents(_notes(PENGUINS), source="penguins")
+    assert "penguins" in _by_source(config)
