@@ -187,7 +187,7 @@ NEW_NOTES = "Kestrels hover over the verge. " * 3 + "Owls hunt by ear at night a
     "action, point",
     [
         ("add", "embedding:1"),  # vectors in the cache, nothing in Chroma
-        ("add", "writing:2"),  # some new chunks in Chroma, the record still lists the old version
+        ("add", "writing:1"),  # the new chunks in Chroma, the record still lists the old version
         ("add", "recorded:1"),  # the record lists the new version, the old chunks still in Chroma
         ("delete", "removing:1"),  # the record forgot the source, its chunks still in Chroma
     ],
