@@ -18,7 +18,9 @@ from langchain_core.retrievers import BaseRetriever
 from .config import PipelineConfig, load_config
 from .errors import ConfigError, DocumentError, IndexNotFoundError
 from .indexing.cache import EmbeddingCache
+from .indexing import inventory
 from .indexing.documents import DocumentWriter, copy_sources_from_code
+from .indexing.inventory import SourceInfo
 from .indexing.vectorstore import IndexedVectorStore
 from .jsonl import read_json_objects
 from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
@@ -359,6 +361,59 @@ class Pipeline:
                 settings=self._settings(),
             ) as writer:
                 yield writer
+
+    # -- what the index holds ------------------------------------------------------------------------
+    def sources(self) -> list[SourceInfo]:
+        """Every source of the index (files and documents added from code), with its origin, chunk
+        count and when it was last written (``rag-pipeline ls``)."""
+        self.require_index()
+        with self._reading_record() as record:
+            return inventory.sources(record, self.store.collection_name)
+
+    def stats(self) -> dict[str, Any]:
+        """Collection, model, stored fingerprint, counts and bytes on disk (``rag-pipeline stats``)."""
+        self.require_index()
+        store, lexical, state = self.store, self.lexical, self.state
+        collection = store.collection_name
+        with self._reading_record() as record:
+            listed = inventory.sources(record, collection)
+            recorded = record.chunk_count(collection) if record is not None else 0
+            last = inventory.last_ingest(record, collection)
+        fingerprint = store.stored_fingerprint() if hasattr(store, "stored_fingerprint") else None
+        state_files = {
+            "record": state.record_path,
+            "embedding_cache": state.embedding_cache_path,
+            "lexical": lexical.root / collection if lexical is not None and lexical.root is not None else None,
+        }
+        return {
+            "collection": store.config.collection,
+            "physical_collection": collection,
+            "model": (fingerprint or {}).get("model"),
+            "fingerprint": fingerprint,
+            "index_directory": str(store.local_directory) if store.local_directory is not None else None,
+            "chunks": store.count(),
+            "recorded_chunks": recorded,
+            "lexical_chunks": lexical.count() if lexical is not None else None,
+            "sources": {origin: sum(1 for s in listed if s.origin == origin) for origin in ("folder", "api")},
+            "last_ingest": last,
+            "disk_bytes": inventory.disk_usage(store.local_directory, state_files),
+        }
+
+    def export(self, *, vectors: bool = False) -> Iterator[dict[str, Any]]:
+        """Every chunk as ``{"id", "content", "metadata", "source", "origin"}`` (and ``"vector"``),
+        read page by page (``rag-pipeline export``)."""
+        self.require_index()
+        with self._reading_record() as record:
+            yield from inventory.export_chunks(self.store, record, self.store.collection_name, vectors=vectors)
+
+    @contextmanager
+    def _reading_record(self) -> Iterator[IndexRecord | None]:
+        record = self.state.read_record()
+        try:
+            yield record
+        finally:
+            if record is not None and self.state.record_path is not None:
+                record.close()
 
     # -- retrieval -----------------------------------------------------------------------------------
     def as_retriever(self, k: int | None = None, *, k_name: str = "k") -> BaseRetriever:

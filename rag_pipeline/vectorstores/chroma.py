@@ -215,6 +215,11 @@ class ChromaStore:
                 "CONFIG` to rebuild the index with the new distance"
             )
 
+    def stored_fingerprint(self) -> dict[str, Any] | None:
+        """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
+        stored = (self.collection.metadata or {}).get(FINGERPRINT_KEY)
+        return json.loads(stored) if stored else None
+
     def check(self) -> None:
         """Open the served collection now, so a model or distance mismatch is reported up front."""
         self.collection
