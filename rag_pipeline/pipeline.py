@@ -21,7 +21,7 @@ from .indexing.cache import EmbeddingCache
 from .indexing import inventory
 from .indexing.documents import DocumentWriter, copy_sources_from_code
 from .indexing.inventory import SourceInfo
-from .indexing.vectorstore import IndexedVectorStore
+from .indexing.vectorstore import IndexedDocumentIndex, IndexedVectorStore
 from .jsonl import read_json_objects
 from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
@@ -327,6 +327,11 @@ class Pipeline:
         its id), ``delete(ids)``, ``get_by_ids``, ``similarity_search(_with_score)`` and their async
         twins. Writes are recorded as added from code, so ``ingest`` keeps them."""
         return IndexedVectorStore(self.embeddings, lambda: self.store, self._document_writes)
+
+    def as_document_index(self, k: int = 4) -> IndexedDocumentIndex:
+        """The index as LangChain's (beta) ``DocumentIndex``, over :meth:`as_vectorstore`: ``upsert``,
+        ``delete``, ``get`` by id, and ``invoke(query)`` for the ``k`` nearest entries."""
+        return IndexedDocumentIndex(store=self.as_vectorstore(), k=k)
 
     def _chunk_source(self, source: str, documents: Sequence[Document]) -> list[Document]:
         """Chunks of a source's documents; a document's ``doc_id`` is its id, its own

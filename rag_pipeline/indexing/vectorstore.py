@@ -14,9 +14,12 @@ import uuid
 from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertResponse
 from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict
 
 from ..contracts import Filter, VectorIndex
 from .documents import DocumentWriter
@@ -125,3 +128,30 @@ class IndexedVectorStore(VectorStore):
             "IndexedVectorStore is the index of a configured pipeline: use Pipeline.from_yaml(...).as_vectorstore(), "
             "then add_texts(...)"
         )
+
+
+class IndexedDocumentIndex(DocumentIndex):
+    """The same recorded index as LangChain's (beta) ``DocumentIndex``: ``upsert``/``delete``/``get``
+    by document id, and a retriever of the ``k`` nearest entries. Build it with
+    ``Pipeline.as_document_index()``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: IndexedVectorStore
+    k: int = 4
+
+    def upsert(self, items: Sequence[Document], /, **kwargs: Any) -> UpsertResponse:
+        return {"succeeded": self.store.add_documents(list(items)), "failed": []}
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> DeleteResponse:
+        if ids is None:
+            raise ValueError("delete needs the ids to delete")
+        held = [document.id for document in self.store.get_by_ids(ids)]
+        self.store.delete(ids)
+        return {"num_deleted": len(held), "succeeded": held, "num_failed": 0, "failed": []}
+
+    def get(self, ids: Sequence[str], /, **kwargs: Any) -> list[Document]:
+        return self.store.get_by_ids(ids)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self.store.similarity_search(query, self.k)
