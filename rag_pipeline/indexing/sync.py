@@ -107,7 +107,7 @@ def plan_sync(
     names one of them is not indexed over it (``plan.conflicts``)."""
     plan = SyncPlan(collection=collection, cleanup=cleanup)
     recorded = record.files(collection) if record is not None else {}
-    from_code = {source for source, file in recorded.items() if file.from_code}
+    from_code = {source: file for source, file in recorded.items() if file.from_code}
     recorded = {source: file for source, file in recorded.items() if source not in from_code}
     plan.interrupted = record is not None and record.is_dirty(collection)
     max_file_size = getattr(loader.config, "max_file_size", None)
@@ -142,7 +142,7 @@ def plan_sync(
     for source in sorted(from_code):
         if prune_api:
             plan.removed.append(source)
-            plan.removed_chunks += record.files(collection)[source].chunks if record is not None else 0
+            plan.removed_chunks += from_code[source].chunks
         else:
             plan.from_code.append(source)
     return plan

@@ -25,6 +25,12 @@ from ..contracts import Filter, VectorIndex
 from .documents import DocumentWriter
 
 
+def _holds_anything(index: VectorIndex) -> bool:
+    """Whether the index exists, asked without creating it (a read never creates an index folder)."""
+    exists_on_disk = getattr(index, "index_exists", None)
+    return (exists_on_disk is None or exists_on_disk()) and index.exists()
+
+
 def _without_score(hit: Document) -> tuple[Document, float]:
     metadata = dict(hit.metadata)
     score = float(metadata.pop("score"))
@@ -90,7 +96,7 @@ class IndexedVectorStore(VectorStore):
     # -- reads ---------------------------------------------------------------------------------------
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         index = self._index()
-        if not ids or not index.exists():
+        if not ids or not _holds_anything(index):
             return []
         held = index.existing_ids(list(ids))
         return index.documents([i for i in dict.fromkeys(ids) if i in held])
@@ -99,7 +105,7 @@ class IndexedVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         index = self._index()
-        if not index.exists():
+        if not _holds_anything(index):
             return []
         hits = index.search_batch(np.asarray([embedding], dtype=np.float32), k, filter)[0]
         return [_without_score(hit) for hit in hits]

@@ -235,3 +235,9 @@ def test_writes_from_code_wait_for_a_running_ingest_and_then_give_up(config, tmp
             Pipeline.from_config(config).vectorstore.add_texts(["a crane"], ids=["c1"])
     Pipeline.from_config(config).add_documents(_notes(PENGUINS), source="penguins")
     assert "penguins" in _by_source(config)
+
+
+def test_reading_an_index_never_written_through_the_vectorstore_creates_nothing(config, tmp_path):
+    store = Pipeline.from_config(config).vectorstore
+    assert store.similarity_search("bees", k=2) == [] and store.get_by_ids(["x"]) == []
+    assert not (tmp_path / "index").exists()
