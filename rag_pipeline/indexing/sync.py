@@ -5,7 +5,8 @@ Deciding (``plan_sync``, also what ``ingest --dry-run`` prints): a file whose si
 and ctime match its record is unchanged and is not opened. One whose stat changed is hashed; same
 sha256, still unchanged (its new stat is remembered). A file whose record was made under other
 reader or chunker settings is re-chunked. Files in the record that the loader no longer finds are
-removed (``cleanup: full``) or kept.
+removed (``cleanup: full``) or kept. Sources added from code (origin ``api``, see
+:mod:`rag_pipeline.indexing.documents`) are not the folder's: kept unless ``prune_api``.
 
 Writing (``Indexer``): files are read one document at a time and their chunks written in bounded
 batches as they come (``vectorstore.write_batch_size``), always in this order:
