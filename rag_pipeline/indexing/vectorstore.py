@@ -53,6 +53,7 @@ class IndexedVectorStore(VectorStore):
         self._embeddings = embeddings
         self._index = index
         self._writes = writes
+        self._seen_index = False  # once it exists it stays (a reindex switches to a complete one)
 
     @property
     def embeddings(self) -> Embeddings:
@@ -94,9 +95,15 @@ class IndexedVectorStore(VectorStore):
         return True
 
     # -- reads ---------------------------------------------------------------------------------------
+    def _holds_anything(self, index: VectorIndex) -> bool:
+        # Asked once per store, not per query: listing Chroma's collections costs as much as a search.
+        if not self._seen_index:
+            self._seen_index = _holds_anything(index)
+        return self._seen_index
+
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         index = self._index()
-        if not ids or not _holds_anything(index):
+        if not ids or not self._holds_anything(index):
             return []
         held = index.existing_ids(list(ids))
         return index.documents([i for i in dict.fromkeys(ids) if i in held])
@@ -105,7 +112,7 @@ class IndexedVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         index = self._index()
-        if not _holds_anything(index):
+        if not self._holds_anything(index):
             return []
         hits = index.search_batch(np.asarray([embedding], dtype=np.float32), k, filter)[0]
         return [_without_score(hit) for hit in hits]
