@@ -150,6 +150,11 @@ def test_documents_from_code_reach_the_lexical_index(config):
     assert _by_source(config)["penguins"] <= pipe.lexical.ids()
     assert pipe.lexical.search_batch_text(["antarctic huddle"], 1)[0][0].metadata["source"] == "penguins"
     assert not Pipeline.from_config(config).ingest().recovered
+    Pipeline.from_config(config).vectorstore.add_texts(["A crane stands on one leg."], ids=["crane"])
+    Pipeline.from_config(config).vectorstore.delete(["crane", "never-was"])  # a missing id is no error
+    assert "crane" not in Pipeline.from_config(config).lexical.ids()
+    Pipeline.from_config(config).delete(source="penguins")
+    assert not _by_source(config).get("penguins") and not Pipeline.from_config(config).lexical.search_batch_text(["antarctic huddle"], 1)[0]
 
 
 def test_reindex_carries_documents_from_code_to_the_new_collection(config, tiny_bge_other_dir):
