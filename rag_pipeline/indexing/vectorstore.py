@@ -19,6 +19,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertResponse
 from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict
 
 from ..contracts import Filter, VectorIndex
@@ -129,6 +130,29 @@ class IndexedVectorStore(VectorStore):
 
     def similarity_search(self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any) -> list[Document]:
         return [document for document, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def max_marginal_relevance_search_by_vector(
+        self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: Filter | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        index = self._index()
+        if not self._holds_anything(index):
+            return []
+        hits = [hit for hit, _ in self.similarity_search_with_score_by_vector(embedding, fetch_k, filter)]
+        if not hits:
+            return []
+        chosen = maximal_marginal_relevance(
+            np.asarray(embedding, dtype=np.float32), index.vectors([hit.id for hit in hits]), lambda_mult=lambda_mult, k=k
+        )
+        return [hits[i] for i in chosen]
+
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: Filter | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        return self.max_marginal_relevance_search_by_vector(
+            self._embeddings.embed_query(query), k, fetch_k, lambda_mult, filter
+        )
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         # The scores are similarities already (1 - Chroma's cosine distance), as LangChain's own

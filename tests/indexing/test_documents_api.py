@@ -246,3 +246,16 @@ def test_reading_an_index_never_written_through_the_vectorstore_creates_nothing(
     store = Pipeline.from_config(config).vectorstore
     assert store.similarity_search("bees", k=2) == [] and store.get_by_ids(["x"]) == []
     assert not (tmp_path / "index").exists()
+
+
+def test_the_vectorstore_serves_langchain_retrievers_including_mmr(config):
+    Pipeline.from_config(config).ingest()
+    store = Pipeline.from_config(config).vectorstore
+    text = "Penguins huddle in winter."
+    store.add_texts([text, text, "Volcanoes erupt lava."], ids=["a", "b", "c"])
+    assert len(store.as_retriever(search_kwargs={"k": 2}).invoke(text)) == 2
+    vector = store.embeddings.embed_documents([text])[0]
+    assert {d.id for d in store.similarity_search_by_vector(vector, k=2)} == {"a", "b"}
+    # MMR: the exact duplicate of the best hit gives way to something different
+    mmr = store.max_marginal_relevance_search_by_vector(vector, k=2, fetch_k=10, lambda_mult=0.1)
+    assert mmr[0].id in {"a", "b"} and len({d.id for d in mmr} & {"a", "b"}) == 1
