@@ -9,6 +9,7 @@
 from .config import PipelineConfig, load_config
 from .errors import (
     ConfigError,
+    DocumentError,
     IndexBusyError,
     IndexMismatchError,
     IndexNotFoundError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DocumentError",
     "IndexBusyError",
     "IndexMismatchError",
     "IndexNotFoundError",

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--dry-run", action="store_true", help="list the files that would be added, updated and removed; change nothing"
     )
+    ingest.add_argument(
+        "--prune-api", action="store_true",
+        help="also remove the documents added from code (Pipeline.add_documents, pipe.vectorstore): mirror the folder alone",
+    )
     with_config(commands.add_parser("reindex", help="re-embed the sources with the configured model into a new collection, then switch to it"))
     query = with_config(commands.add_parser("query", help="retrieve the best passages for a query"))
     query.add_argument("text", help="the query")
@@ -95,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
         help="require `Authorization: Bearer <token>`, the token read from environment variable VAR "
         "(required when --host is not a loopback address)",
     )
+    ls = with_config(commands.add_parser("ls", help="list the index's sources: origin, chunk count, last written"))
+    ls.add_argument("--json", action="store_true", help="print a JSON array of {source, origin, chunks, recorded_at}")
+    stats = with_config(commands.add_parser("stats", help="collection, model, fingerprint, counts and sizes on disk"))
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    export = with_config(commands.add_parser("export", help="write every chunk with its metadata as JSON Lines"))
+    export.add_argument("--vectors", action="store_true", help="include each chunk's stored vector")
+    export.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    delete = with_config(commands.add_parser("delete", help="remove documents added from code, by source or by chunk id"))
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source", action="append", metavar="S", help="a source added from code (repeatable)")
+    which.add_argument("--id", dest="ids", action="append", metavar="ID", help="a chunk id (repeatable)")
 
     config = commands.add_parser("config", help="validate or show a config")
     _debug_flag(config)
@@ -144,7 +159,7 @@ def _print_ingest(report) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     if args.dry_run:
-        plan = _pipeline(args).plan()
+        plan = _pipeline(args).plan(prune_api=args.prune_api)
         print(plan.summary())
         warning = plan.removal_warning()
         if warning:
@@ -153,7 +168,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             for source in sources:
                 print(f"  {label:<6} {source}")
         return 0
-    _print_ingest(_pipeline(args).ingest())
+    _print_ingest(_pipeline(args).ingest(prune_api=args.prune_api))
     return 0
 
 
@@ -255,6 +270,57 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ls(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    sources = pipe.sources()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in sources], ensure_ascii=False, indent=2))
+        return 0
+    stats = pipe.stats()
+    print(f"collection {stats['collection']!r}: {len(sources)} sources, {stats['recorded_chunks']} chunks; "
+          f"last ingest {stats['last_ingest'] or 'never'}")
+    for info in sources:
+        print(f"  {info.origin:<6} {info.chunks:>6}  {info.recorded_at}  {info.source}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    stats = _pipeline(args).stats()
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False, indent=2))
+        return 0
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .jsonl import write_json_objects
+
+    chunks = _pipeline(args).export(vectors=args.vectors)
+    if args.out is None:
+        write_json_objects(chunks, sys.stdout)
+        return 0
+    with open(args.out, "w", encoding="utf-8", newline="\n") as handle:
+        count = write_json_objects(chunks, handle)
+    print(f"wrote {count} chunks to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    pipe.require_index()
+    if args.source:
+        removed = pipe.delete(source=args.source)
+        print(f"deleted {removed} chunks of {len(args.source)} source(s): {', '.join(args.source)}")
+    else:
+        removed = pipe.delete(ids=args.ids)
+        print(f"deleted {removed} of {len(args.ids)} chunk id(s) given (ids the index did not hold are ignored)")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     config = load_config(args.config, overrides)
@@ -295,8 +361,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
-            "config": cmd_config}
-COMMANDS["serve"] = _cmd_serve
+            "config": cmd_config, "ls": _cmd_ls, "stats": _cmd_stats, "export": _cmd_export, "delete": _cmd_delete,
+            "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,11 @@ class IndexBusyError(RagPipelineError):
     """Another ingest or reindex holds the index's write lock."""
 
 
+class DocumentError(RagPipelineError):
+    """Documents added or deleted from code that cannot be as asked (an unknown source, a source
+    that a folder file holds)."""
+
+
 def first_line(exc: BaseException, limit: int | None = 160) -> str:
     """An exception's first line, cut to ``limit``, or its type name when it has no message.
 

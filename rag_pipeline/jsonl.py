@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable
 
 from .errors import ConfigError
 
@@ -26,3 +26,12 @@ def read_json_objects(path: Path, required: tuple[str, ...], label: str = "") ->
                 raise ConfigError(f"{label}{path}: line {number}: expected a JSON object with {', '.join(required)}")
             records.append(record)
     return records
+
+
+def write_json_objects(records: Iterable[dict[str, Any]], handle: IO[str]) -> int:
+    """Write one JSON object per line (``\n``-ended, UTF-8 kept as is); returns how many."""
+    count = 0
+    for record in records:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count

@@ -8,16 +8,20 @@ retrieval path is :mod:`rag_pipeline.retrieval`'s. This module wires them togeth
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from .config import PipelineConfig, load_config
-from .errors import ConfigError, IndexNotFoundError
+from .errors import ConfigError, DocumentError, IndexNotFoundError
 from .indexing.cache import EmbeddingCache
+from .indexing import inventory
+from .indexing.documents import DocumentWriter, copy_sources_from_code
+from .indexing.inventory import SourceInfo
+from .indexing.vectorstore import IndexedDocumentIndex, IndexedVectorStore
 from .jsonl import read_json_objects
 from .indexing.generations import begin_reindex, finish_reindex, prepare_ingest
 from .indexing.record import IndexRecord
@@ -118,9 +122,12 @@ class Pipeline:
         return self.stage("vectorstore")
 
     @property
-    def vectorstore(self):
-        """LangChain's ``Chroma`` over the pipeline's collection."""
-        return self.store.vectorstore
+    def vectorstore(self) -> IndexedVectorStore:
+        """A LangChain ``VectorStore`` over the pipeline's index whose writes are recorded (kept by
+        ``ingest``): see :meth:`as_vectorstore`. LangChain's own ``Chroma`` over the same
+        collection is ``pipe.store.vectorstore``; writes through that one are not recorded, and
+        the next ingest removes them."""
+        return self.as_vectorstore()
 
     @property
     def reranker(self):
@@ -166,12 +173,13 @@ class Pipeline:
                 found[key] = resolve_model(reference, what=key, cache_folder=cache_folder)
         return found
 
-    def ingest(self, show_progress: bool | None = None) -> IngestReport:
+    def ingest(self, show_progress: bool | None = None, *, prune_api: bool = False) -> IngestReport:
         """Bring the index in step with the sources: new files added, changed files' chunks
         replaced, deleted files' chunks removed (``ingest.cleanup``). Unchanged files are skipped
         unread, so running it twice adds nothing and costs little. Safe to kill at any point: the
         next run finishes the job (see :mod:`rag_pipeline.indexing.sync`). One ingest at a time
-        per index folder; queries keep answering meanwhile.
+        per index folder; queries keep answering meanwhile. Documents added from code
+        (:meth:`add_documents`, :attr:`vectorstore`) are kept unless ``prune_api``.
         """
         started = time.perf_counter()
         self.preflight()
@@ -183,12 +191,12 @@ class Pipeline:
             self.state.record() as record,
         ):
             prepare_ingest(record, store, store.config.collection, beside=[lexical] if lexical is not None else ())
-            report = self._indexer(store, record, self.config.ingest.cleanup, show_progress, lexical).sync()
+            report = self._indexer(store, record, self.config.ingest.cleanup, show_progress, lexical, prune_api=prune_api).sync()
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started
         return report
 
-    def plan(self) -> SyncPlan:
+    def plan(self, *, prune_api: bool = False) -> SyncPlan:
         """What ``ingest()`` would add, update and remove, by file (``ingest --dry-run``).
 
         Reads the record and the files' stat (hashing files whose stat changed) and checks that the
@@ -200,7 +208,9 @@ class Pipeline:
             store.check()  # a model or distance change is refused here as the real ingest would
         record = self.state.read_record()
         try:
-            return plan_sync(self.loader, record, store.collection_name, self._settings(), self.config.ingest.cleanup)
+            return plan_sync(
+                self.loader, record, store.collection_name, self._settings(), self.config.ingest.cleanup, prune_api
+            )
         finally:
             if record is not None and self.state.record_path is not None:
                 record.close()
@@ -228,6 +238,9 @@ class Pipeline:
             building_lexical = lexical.for_collection(new) if lexical is not None else None
             with building.writing(), building_lexical.writing() if building_lexical is not None else nullcontext():
                 report = self._indexer(building, record, "full", show_progress, building_lexical).sync()
+                copy_sources_from_code(
+                    record, store, store.collection_name, new, self._document_sinks(building, building_lexical), report
+                )
             with store.writing():
                 finish_reindex(record, store, logical, new, beside=beside)
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
@@ -272,7 +285,8 @@ class Pipeline:
         return ingest_settings(self.config.loader, self.config.chunker, {"max_seq_length": limit} if limit else None)
 
     def _indexer(
-        self, store, record: IndexRecord, cleanup: str, show_progress: bool | None, lexical: Any = None
+        self, store, record: IndexRecord, cleanup: str, show_progress: bool | None, lexical: Any = None,
+        prune_api: bool = False,
     ) -> Indexer:
         sinks: list[Any] = [DenseSink(store, self.embeddings, lambda: self.embedding_cache)]
         if lexical is not None:
@@ -286,7 +300,148 @@ class Pipeline:
             settings=self._settings(),
             cleanup=cleanup,
             show_progress=self.config.loader.show_progress if show_progress is None else show_progress,
+            prune_api=prune_api,
         )
+
+    # -- documents from code ---------------------------------------------------------------------------
+    def add_documents(self, documents: Sequence[Document], source: str | None = None) -> IngestReport:
+        """Index documents given from code as one source, through the configured chunker,
+        embeddings and sinks (dense, and lexical with ``lexical:``), under the write lock and in
+        ingest's crash-safe order.
+
+        The documents are the whole of ``source``: adding the same ones again writes nothing,
+        adding others replaces the source's chunks (unchanged chunks keep their ids and vectors).
+        Without ``source``, documents are grouped by ``metadata["source"]``. Recorded as added
+        from code: ``ingest`` keeps them; :meth:`delete` (or ``ingest --prune-api``) removes them.
+        """
+        groups: dict[str, list[Document]] = {}
+        for document in documents:
+            name = source if source is not None else document.metadata.get("source")
+            if not isinstance(name, str) or not name:
+                raise DocumentError("add_documents: give source=..., or a metadata['source'] on every document")
+            groups.setdefault(name, []).append(document)
+        total = IngestReport()
+        started = time.perf_counter()
+        with self._document_writes() as writer:
+            for name, group in groups.items():
+                report = writer.add_source(name, group, self._chunk_source(name, group))
+                for key in ("files_seen", "files_added", "files_updated", "files_unchanged", "files_loaded",
+                            "documents", "chunks", "added", "skipped", "embedded", "deleted", "truncated"):
+                    setattr(total, key, getattr(total, key) + getattr(report, key))
+            total.collection = writer.collection
+        total.collection_count = self.store.count()
+        total.seconds = time.perf_counter() - started
+        warn_truncated(total, self.embeddings.max_seq_length if total.truncated else 0)
+        return total
+
+    def delete(self, *, source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> int:
+        """Remove documents added from code: whole sources, or chunks by id. Returns the number of
+        chunks the record listed that were removed. Files under ``loader.path`` are the folder's:
+        delete or exclude the file and run ``ingest``."""
+        if (source is None) == (ids is None):
+            raise DocumentError("delete: give either source=... or ids=...")
+        with self._document_writes() as writer:
+            if source is not None:
+                return writer.delete_sources([source] if isinstance(source, str) else list(source))
+            return writer.delete_ids(list(ids))
+
+    def as_vectorstore(self) -> IndexedVectorStore:
+        """The index as a LangChain ``VectorStore``: ``add_documents`` (each document one entry under
+        its id), ``delete(ids)``, ``get_by_ids``, ``similarity_search(_with_score)`` and their async
+        twins. Writes are recorded as added from code, so ``ingest`` keeps them."""
+        return IndexedVectorStore(self.embeddings, lambda: self.store, self._document_writes)
+
+    def as_document_index(self, k: int = 4) -> IndexedDocumentIndex:
+        """The index as LangChain's (beta) ``DocumentIndex``, over :meth:`as_vectorstore`: ``upsert``,
+        ``delete``, ``get`` by id, and ``invoke(query)`` for the ``k`` nearest entries."""
+        return IndexedDocumentIndex(store=self.as_vectorstore(), k=k)
+
+    def _chunk_source(self, source: str, documents: Sequence[Document]) -> list[Document]:
+        """Chunks of a source's documents; a document's ``doc_id`` is its id, its own
+        ``metadata['doc_id']``, or the source (``source#n`` for the n-th after the first, so that
+        appending a document keeps the others' chunk ids)."""
+        prepared = []
+        for number, document in enumerate(documents):
+            doc_id = document.id or document.metadata.get("doc_id") or (f"{source}#{number}" if number else source)
+            metadata = {**document.metadata, "source": source, "doc_id": doc_id}
+            prepared.append(Document(page_content=document.page_content, metadata=metadata))
+        return self.chunker.split_documents(prepared)
+
+    def _document_sinks(self, store: Any, lexical: Any) -> list[Any]:
+        sinks: list[Any] = [DenseSink(store, self.embeddings, lambda: self.embedding_cache)]
+        if lexical is not None:
+            sinks.append(LexicalSink(lexical))
+        return sinks
+
+    @contextmanager
+    def _document_writes(self) -> Iterator[DocumentWriter]:
+        """A write session for documents from code: the same lock, write sessions and record as ingest."""
+        store, lexical = self.store, self.lexical
+        with (
+            self.state.lock(self.config.ingest.lock_timeout),
+            store.writing(),
+            lexical.writing() if lexical is not None else nullcontext(),
+            self.state.record() as record,
+        ):
+            prepare_ingest(record, store, store.config.collection, beside=[lexical] if lexical is not None else ())
+            with DocumentWriter(
+                sinks=self._document_sinks(store, lexical), record=record, collection=store.collection_name,
+                settings=self._settings(),
+            ) as writer:
+                yield writer
+
+    # -- what the index holds ------------------------------------------------------------------------
+    def sources(self) -> list[SourceInfo]:
+        """Every source of the index (files and documents added from code), with its origin, chunk
+        count and when it was last written (``rag-pipeline ls``)."""
+        self.require_index()
+        with self._reading_record() as record:
+            return inventory.sources(record, self.store.collection_name)
+
+    def stats(self) -> dict[str, Any]:
+        """Collection, model, stored fingerprint, counts and bytes on disk (``rag-pipeline stats``)."""
+        self.require_index()
+        store, lexical, state = self.store, self.lexical, self.state
+        collection = store.collection_name
+        with self._reading_record() as record:
+            listed = inventory.sources(record, collection)
+            recorded = record.chunk_count(collection) if record is not None else 0
+            last = inventory.last_ingest(record, collection)
+        fingerprint = store.stored_fingerprint() if hasattr(store, "stored_fingerprint") else None
+        state_files = {
+            "record": state.record_path,
+            "embedding_cache": state.embedding_cache_path,
+            "lexical": lexical.root / collection if lexical is not None and lexical.root is not None else None,
+        }
+        return {
+            "collection": store.config.collection,
+            "physical_collection": collection,
+            "model": (fingerprint or {}).get("model"),
+            "fingerprint": fingerprint,
+            "index_directory": str(store.local_directory) if store.local_directory is not None else None,
+            "chunks": store.count(),
+            "recorded_chunks": recorded,
+            "lexical_chunks": lexical.count() if lexical is not None else None,
+            "sources": {origin: sum(1 for s in listed if s.origin == origin) for origin in ("folder", "api")},
+            "last_ingest": last,
+            "disk_bytes": inventory.disk_usage(store.local_directory, state_files),
+        }
+
+    def export(self, *, vectors: bool = False) -> Iterator[dict[str, Any]]:
+        """Every chunk as ``{"id", "content", "metadata", "source", "origin"}`` (and ``"vector"``),
+        read page by page (``rag-pipeline export``)."""
+        self.require_index()
+        with self._reading_record() as record:
+            yield from inventory.export_chunks(self.store, record, self.store.collection_name, vectors=vectors)
+
+    @contextmanager
+    def _reading_record(self) -> Iterator[IndexRecord | None]:
+        record = self.state.read_record()
+        try:
+            yield record
+        finally:
+            if record is not None and self.state.record_path is not None:
+                record.close()
 
     # -- retrieval -----------------------------------------------------------------------------------
     def as_retriever(

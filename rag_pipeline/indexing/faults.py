@@ -15,6 +15,9 @@ The points, in the order an ingest reaches them:
 * ``recorded`` — the record was committed, a changed file's old chunks not yet deleted;
 * ``removing`` — deleted files were dropped from the record, their chunks not yet from Chroma.
 
+Writes from code (``Pipeline.add_documents``/``delete``, the recorded vector store) pass the same
+``embedding``, ``writing``, ``lexical``, ``recorded`` and ``removing`` points.
+
 Unset (always, outside tests) it costs one dictionary lookup per point.
 """
 

@@ -16,6 +16,11 @@ One file, ``<persist_directory>/index_record.sqlite`` (in memory for an in-memor
 * ``chunks`` — each chunk id with the file it came from, so a changed file's old chunks and a
   deleted file's chunks can be removed by id.
 
+A row of ``files`` is a *source*: a file under ``loader.path`` (``origin`` ``folder``, NULL in
+records from before origins) or documents added from code (``origin`` ``api``:
+``Pipeline.add_documents``, the LangChain vector store). A folder sync decides only about folder
+sources; api sources leave only when the user deletes them (or asks ``ingest --prune-api``).
+
 This is LangChain's record-manager design (a record per chunk keyed by content hash and source id)
 plus a per-file record that lets unchanged files be skipped without being parsed.
 """
@@ -64,7 +69,8 @@ CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (collection, source);
 
 # Columns added after schema 1, with how an older record file gains them. NULL means "not known":
 # the file is hashed once rather than trusted on size and mtime alone.
-_ADDED_FILE_COLUMNS = {"inode": "INTEGER", "ctime_ns": "INTEGER"}
+_ADDED_FILE_COLUMNS = {"inode": "INTEGER", "ctime_ns": "INTEGER", "origin": "TEXT"}
+FOLDER, API = "folder", "api"  # where a source came from (``FileRecord.origin``)
 
 _PARAMETER_BATCH = 500  # stay under SQLite's bound-parameter limit
 
@@ -82,6 +88,11 @@ class FileRecord:
     recorded_ns: int = 0
     inode: int | None = None  # None: recorded before the record kept it (stat unknown, hash once)
     ctime_ns: int | None = None
+    origin: str = FOLDER  # FOLDER: a file ingest syncs; API: documents added from code
+
+    @property
+    def from_code(self) -> bool:
+        return self.origin == API
 
 
 def _batches(items: list, size: int = _PARAMETER_BATCH) -> Iterable[list]:
@@ -217,7 +228,7 @@ class IndexRecord:
             "FROM files WHERE collection = ?",
             (collection,),
         )
-        return {row[0]: FileRecord(*row) for row in rows}
+        return {row[0]: FileRecord(*row[:9], origin=row[9] or FOLDER) for row in rows}
 
     def chunk_ids(self, collection: str, sources: Iterable[str] | None = None) -> set[str]:
         if sources is None:
@@ -261,10 +272,10 @@ class IndexRecord:
                 )
                 self._connection.execute(
                     "INSERT OR REPLACE INTO files (collection, source, size, mtime_ns, sha256, settings, chunks, "
-                    "recorded_ns, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "recorded_ns, inode, ctime_ns, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         collection, file.source, file.size, file.mtime_ns, file.sha256, file.settings, file.chunks,
-                        now, file.inode, file.ctime_ns,
+                        now, file.inode, file.ctime_ns, file.origin,
                     ),
                 )
 
@@ -294,3 +305,64 @@ class IndexRecord:
                     f"DELETE FROM files WHERE collection = ? AND source IN ({marks})", (collection, *part)
                 )
 
+
+    # -- documents added from code ---------------------------------------------------------------
+    def put_api_chunks(self, collection: str, chunk_ids: Mapping[str, list[str]], settings: str) -> None:
+        """Record chunks added one by one from code (the LangChain vector store) under their api
+        sources, in one transaction: an id recorded elsewhere moves, each touched source's chunk
+        count is recounted, and a source left with none is forgotten."""
+        now = time.time_ns()
+        with self._connection:
+            touched = set(chunk_ids) | self._owners(collection, [i for ids in chunk_ids.values() for i in ids])
+            for source, ids in chunk_ids.items():
+                self._connection.execute(
+                    "INSERT OR IGNORE INTO files (collection, source, size, mtime_ns, sha256, settings, chunks, "
+                    "recorded_ns, origin) VALUES (?, ?, 0, 0, '', ?, 0, ?, ?)",
+                    (collection, source, settings, now, API),
+                )
+                self._connection.executemany(
+                    "INSERT OR REPLACE INTO chunks (collection, id, source) VALUES (?, ?, ?)",
+                    [(collection, identifier, source) for identifier in ids],
+                )
+                self._connection.execute(
+                    "UPDATE files SET recorded_ns = ? WHERE collection = ? AND source = ?", (now, collection, source)
+                )
+            self._recount_api_sources(collection, touched)
+
+    def remove_chunks(self, collection: str, ids: Iterable[str]) -> None:
+        """Forget chunks by id (deleted from code); api sources are recounted, emptied ones forgotten."""
+        ids = list(ids)
+        with self._connection:
+            touched = self._owners(collection, ids)
+            for part in _batches(ids):
+                marks = ",".join("?" * len(part))
+                self._connection.execute(f"DELETE FROM chunks WHERE collection = ? AND id IN ({marks})", (collection, *part))
+            self._recount_api_sources(collection, touched)
+
+    def _owners(self, collection: str, ids: list[str]) -> set[str]:
+        owners: set[str] = set()
+        for part in _batches(ids):
+            marks = ",".join("?" * len(part))
+            rows = self._connection.execute(
+                f"SELECT DISTINCT source FROM chunks WHERE collection = ? AND id IN ({marks})", (collection, *part)
+            )
+            owners.update(row[0] for row in rows)
+        return owners
+
+    def _recount_api_sources(self, collection: str, sources: Iterable[str]) -> None:
+        for source in sources:
+            self._connection.execute(
+                "UPDATE files SET chunks = (SELECT COUNT(*) FROM chunks WHERE collection = ? AND source = ?) "
+                "WHERE collection = ? AND source = ? AND origin = ?",
+                (collection, source, collection, source, API),
+            )
+        self._connection.execute("DELETE FROM files WHERE collection = ? AND origin = ? AND chunks = 0", (collection, API))
+
+    # -- meta --------------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        with self._connection:
+            self._connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None

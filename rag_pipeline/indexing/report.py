@@ -105,6 +105,8 @@ class SyncPlan:
     interrupted: bool = False  # the last ingest did not finish; the next one reconciles the index
     unsupported: list[str] = field(default_factory=list)  # selected by the globs, no reader for their type
     indexed_chunks: int = 0  # what the record lists for the collection now
+    from_code: list[str] = field(default_factory=list)  # sources added from code, kept (not the folder's)
+    conflicts: list[str] = field(default_factory=list)  # files whose source name documents from code hold
     todo: list[FileChange] = field(default_factory=list, repr=False)
     # (source, size, mtime_ns, inode, ctime_ns) of files whose stat changed and bytes did not
     restat: list[tuple[str, int, int, int, int]] = field(default_factory=list, repr=False)
@@ -121,6 +123,10 @@ class SyncPlan:
         )
         if self.kept:
             text += f"; {len(self.kept)} gone from the sources but kept (cleanup: {self.cleanup})"
+        if self.from_code:
+            text += f"; {len(self.from_code)} sources added from code kept (--prune-api removes them)"
+        if self.conflicts:
+            text += f"; {len(self.conflicts)} files not indexed: their source names are held by documents added from code"
         if self.interrupted:
             text += "; the last ingest was interrupted and will be reconciled"
         if self.unsupported:
@@ -151,4 +157,6 @@ class SyncPlan:
             "interrupted": self.interrupted,
             "unsupported": self.unsupported,
             "indexed_chunks": self.indexed_chunks,
+            "from_code": self.from_code,
+            "conflicts": self.conflicts,
         }

@@ -5,7 +5,8 @@ Deciding (``plan_sync``, also what ``ingest --dry-run`` prints): a file whose si
 and ctime match its record is unchanged and is not opened. One whose stat changed is hashed; same
 sha256, still unchanged (its new stat is remembered). A file whose record was made under other
 reader or chunker settings is re-chunked. Files in the record that the loader no longer finds are
-removed (``cleanup: full``) or kept.
+removed (``cleanup: full``) or kept. Sources added from code (origin ``api``, see
+:mod:`rag_pipeline.indexing.documents`) are not the folder's: kept unless ``prune_api``.
 
 Writing (``Indexer``): files are read one document at a time and their chunks written in bounded
 batches as they come (``vectorstore.write_batch_size``), always in this order:
@@ -39,6 +40,7 @@ import json
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,6 +68,10 @@ _FILE_SELECTION_KEYS = {
 # filesystem's timestamp granularity without its mtime moving ("racy git"): it is hashed.
 RACY_WINDOW_NS = 2_000_000_000
 CLEANUP_MODES = ("full", "incremental", "none")
+CONFLICT_REASON = (
+    "not indexed: documents added from code hold this source name; delete them "
+    "(rag-pipeline delete CONFIG --source SOURCE) or rename the file"
+)
 
 
 def ingest_settings(loader_config: Any, chunker_config: Any, model: dict[str, Any] | None = None) -> str:
@@ -92,18 +98,27 @@ def _hashable(st, max_file_size: int | None) -> bool:
 
 
 def plan_sync(
-    loader: Any, record: IndexRecord | None, collection: str, settings: str, cleanup: str
+    loader: Any, record: IndexRecord | None, collection: str, settings: str, cleanup: str, prune_api: bool = False
 ) -> SyncPlan:
     """What an ingest would do. Reads the record and the files' stat (and, where the stat changed,
-    their bytes to hash); writes nothing."""
+    their bytes to hash); writes nothing.
+
+    Sources added from code are not the folder's to decide: they are kept, unless ``prune_api``
+    (``ingest --prune-api``) asks for the index to mirror the folder alone. A file whose source
+    names one of them is not indexed over it (``plan.conflicts``)."""
     plan = SyncPlan(collection=collection, cleanup=cleanup)
     recorded = record.files(collection) if record is not None else {}
+    plan.indexed_chunks = sum(entry.chunks for entry in recorded.values())  # from code included: all the index holds
+    from_code = {source: file for source, file in recorded.items() if file.from_code}
+    recorded = {source: file for source, file in recorded.items() if source not in from_code}
     plan.interrupted = record is not None and record.is_dirty(collection)
-    plan.indexed_chunks = sum(entry.chunks for entry in recorded.values())
     max_file_size = getattr(loader.config, "max_file_size", None)
     seen: set[str] = set()
     for path in loader.discover():
         source = loader.source_id(path)
+        if source in from_code:
+            plan.conflicts.append(source)
+            continue
         seen.add(source)
         previous = recorded.get(source)
         if previous is None:
@@ -127,6 +142,12 @@ def plan_sync(
         else:
             plan.kept.append(source)
     plan.unsupported = list(getattr(loader, "unsupported", []))
+    for source in sorted(from_code):
+        if prune_api:
+            plan.removed.append(source)
+            plan.removed_chunks += from_code[source].chunks
+        else:
+            plan.from_code.append(source)
     return plan
 
 
@@ -242,6 +263,7 @@ class Indexer:
         settings: str,
         cleanup: str = "full",
         show_progress: bool = False,
+        prune_api: bool = False,
     ):
         if cleanup not in CLEANUP_MODES:
             raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
@@ -255,6 +277,7 @@ class Indexer:
         self.settings = settings
         self.cleanup = cleanup
         self.show_progress = show_progress
+        self.prune_api = prune_api
         self._writing = False
 
     def sync(self) -> IngestReport:
@@ -271,9 +294,11 @@ class Indexer:
             )
             self.record.set_dirty(self.collection, True)
             self._forget_files_missing_from_collection()
-        plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup)
+        plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup, self.prune_api)
         report.files_seen = plan.files_seen
         report.unsupported = plan.unsupported
+        for source in plan.conflicts:
+            self.loader.report(FileError(source, CONFLICT_REASON), report.errors)
         report.files_unchanged = len(plan.unchanged)
         report.chunks = report.skipped = plan.unchanged_chunks
         for error in getattr(self.loader, "discovery_errors", []):
@@ -286,6 +311,7 @@ class Indexer:
             self._sweep(report)
         if self._writing:
             self.record.set_dirty(self.collection, False)
+        self.record.set_meta(f"last_ingest:{self.collection}", str(time.time()))
         primary = self.sinks[0]
         report.collection_count = primary.count() if primary.exists() else 0
         return report
@@ -302,8 +328,15 @@ class Indexer:
         missing = set().union(*((recorded - sink.ids()) if sink.exists() else recorded for sink in self.sinks))
         if missing:
             sources = self.record.chunk_sources(self.collection, missing)
-            logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources))
-            self.record.remove_sources(self.collection, sources)
+            files = self.record.files(self.collection)
+            from_code = {s for s in sources if s in files and files[s].from_code}
+            logger.warning("%d recorded chunks are missing from the collection; re-indexing %d files", len(missing), len(sources - from_code))
+            self.record.remove_sources(self.collection, sources - from_code)
+            if from_code:
+                # Documents added from code cannot be read again: only the chunks that are gone are forgotten.
+                lost = missing & self.record.chunk_ids(self.collection, from_code)
+                logger.warning("%d chunks added from code are missing from the collection; forgetting them", len(lost))
+                self.record.remove_chunks(self.collection, lost)
 
     def _index_files(self, plan: SyncPlan, report: IngestReport) -> None:
         """Read each file document by document, and write its chunks in bounded batches as they

@@ -215,6 +215,11 @@ class ChromaStore:
                 "CONFIG` to rebuild the index with the new distance"
             )
 
+    def stored_fingerprint(self) -> dict[str, Any] | None:
+        """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
+        stored = (self.collection.metadata or {}).get(FINGERPRINT_KEY)
+        return json.loads(stored) if stored else None
+
     def check(self) -> None:
         """Open the served collection now, so a model or distance mismatch is reported up front."""
         self.collection
@@ -267,7 +272,7 @@ class ChromaStore:
                 ids=ids,
                 embeddings=np.asarray(vectors[start : start + self.max_batch_size], dtype=np.float32),
                 documents=[c.page_content for c in part],
-                metadatas=metadatas,
+                metadatas=[m or None for m in metadatas],  # Chroma refuses {} (a document from code may have none)
             )
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -347,6 +352,18 @@ class ChromaStore:
             for identifier, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
                 found[identifier] = Document(page_content=text or "", metadata=dict(metadata or {}), id=identifier)
         return [found[i] for i in ids]
+
+    def documents_in(self, collection: str, ids: Sequence[str]) -> list[Document]:
+        """The stored chunks of another physical collection, in ``ids`` order, read without the
+        model check: ``reindex`` copies the texts added from code out of the collection it replaces,
+        which was built with the previous model."""
+        found: dict[str, Document] = {}
+        source = self.client.get_collection(collection, embedding_function=None)
+        for part in _batches(list(ids), self.max_batch_size):
+            got = source.get(ids=list(part), include=["documents", "metadatas"])
+            for identifier, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
+                found[identifier] = Document(page_content=text or "", metadata=dict(metadata or {}), id=identifier)
+        return [found[i] for i in ids if i in found]
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors, in ``ids`` order (read back page by page)."""

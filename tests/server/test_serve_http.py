@@ -72,7 +72,6 @@ def test_a_per_call_filter_narrows_the_results(server, hybrid_index):
     assert {r["doc_id"] for r in body["results"]} == {wanted}
 
 
-@pytest.mark.skipif(not hasattr(Pipeline, "add_documents"), reason="needs Pipeline.add_documents/delete (docsapi branch)")
 def test_documents_added_over_http_are_found_then_deleted(server):
     text = "The quokka is a small marsupial that lives on Rottnest Island and smiles for photographs."
     status, body = server.request(
