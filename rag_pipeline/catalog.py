@@ -13,3 +13,4 @@ from .loaders import directory  # noqa: F401
 from .rerankers import bge_reranker  # noqa: F401
 from .retrieval import retriever  # noqa: F401
 from .vectorstores import chroma  # noqa: F401
+from .vectorstores import faiss_store  # noqa: F401  (faiss itself is imported only when chosen)

@@ -34,6 +34,7 @@ from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, fir
 from ..metadata import safe_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
+from .scores import similarity
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
 logger = logging.getLogger(__name__)
@@ -467,18 +468,8 @@ class ChromaStore:
 
     def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Scores as :meth:`search_batch` reports them: the similarity that Chroma's distance in this
-        collection's space stands for (cosine; dot product for ip; 1 - d/2 for squared l2, which
-        for unit vectors is the cosine)."""
-        queries = np.asarray(queries, dtype=np.float32)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if self.config.distance == "cosine":
-            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        products = queries @ vectors.T
-        if self.config.distance == "l2":
-            squared = (queries**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * products
-            return 1.0 - squared / 2.0
-        return products
+        collection's space stands for (see :func:`rag_pipeline.vectorstores.scores.similarity`)."""
+        return similarity(self.config.distance, queries, vectors)
 
     def _distance_to_similarity(self, distance: float) -> float:
         # Chroma returns distances: cosine and ip give 1 - similarity; l2 is squared Euclidean.
