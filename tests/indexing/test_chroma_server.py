@@ -64,6 +64,15 @@ def test_ingest_query_reingest_and_guard_against_a_server(tmp_path, server, tiny
     assert (tmp_path / "state" / "embedding_cache.sqlite").is_file()
     assert not (tmp_path / "state" / "chroma.sqlite3").exists()  # the vectors are on the server
 
+    # The same ingest from the command line, with a token and debug logs: nothing added, and the
+    # token's value appears nowhere (the server ignores the header; it is sent all the same).
+    with_token = {**config, "vectorstore": {**config["vectorstore"], "token_env": "CHROMA_TOKEN"}}
+    ingest = subprocess.run(
+        [*cli_command(write_config(with_token, tmp_path / "token.yaml"), "ingest"), "--debug"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "CHROMA_TOKEN": "s3cret-token-value"},
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    assert "s3cret" not in ingest.stdout + ingest.stderr and "DEBUG" in ingest.stderr
     again = Pipeline.from_config(config).ingest()
     assert (again.added, again.embedded, again.skipped) == (0, 0, first.chunks)
     assert "bees.txt" in _sources(Pipeline.from_config(config).as_retriever(k=3), "bees")
