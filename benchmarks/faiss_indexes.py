@@ -133,7 +133,8 @@ def scifact(args) -> dict:
     dataset = load_beir(Path(args.dataset))
     folder = Path(args.index or tempfile.mkdtemp(prefix="faiss-scifact-"))
     settings = [("Flat", {}), ("HNSW32", {"ef_search": 64}), ("HNSW32", {"ef_search": 256}),
-                ("IVF64,PQ48x4", {"nprobe": 8}), ("IVF64,PQ48x4", {"nprobe": 32}), ("IVF1024,PQ48", {"nprobe": 32})]
+                ("IVF64,PQ48x4", {"nprobe": 8}), ("IVF64,PQ48x4", {"nprobe": 32}),
+                ("IVF64,PQ48x4", {"nprobe": 32, "refine_factor": 10}), ("IVF1024,PQ48", {"nprobe": 32})]
     rows, flat_runs = [], None
     for factory, extra in settings:
         overrides = {
@@ -143,7 +144,7 @@ def scifact(args) -> dict:
         }
         config = load_config(REPO / "configs" / "scifact-dense.yaml", overrides)
         started = time.perf_counter()
-        result = evaluate(config, dataset, show_progress=False)
+        result = evaluate(config, dataset, search="ann", show_progress=False)  # the FAISS index, not exact scoring
         wall = time.perf_counter() - started
         runs = result.runs["first_stage"]
         if flat_runs is None:

@@ -73,6 +73,10 @@ class FaissStoreConfig(StageConfig):
     nprobe: int | None = Field(None, gt=0, description="IVF lists searched per query (FAISS's default: 1).")
     ef_search: int | None = Field(None, gt=0, description="HNSW candidates kept per query (FAISS's default: 16).")
     train_size: int = Field(100_000, gt=0, description="Stored vectors sampled to train an IVF/PQ index.")
+    refine_factor: int = Field(
+        1, ge=1, description="Fetch k x this many candidates and re-score them with the exact stored vectors "
+        "(recovers what PQ compression loses; 1 = off).",
+    )
     write_batch_size: int = Field(256, gt=0, description="Chunks embedded and written per step.")
 
 
@@ -575,8 +579,10 @@ class FaissStore:
         if where:
             faiss_ids = np.asarray(sorted(table.faiss_ids(sorted(allowed)).values()), dtype=np.int64)
             params = self.faiss.SearchParameters(sel=self.faiss.IDSelectorBatch(faiss_ids))
-        fetch = min(k + dead, max(index.ntotal, 1))
+        fetch = min(k * self.config.refine_factor + dead, max(index.ntotal, 1))
         raw, found = index.search(self._prepare(queries), fetch, params=params)
+        if self.config.refine_factor > 1:
+            raw = self._exact_scores(table, queries, found)
         rows = {
             f: (i, text, metadata)
             for f, i, text, metadata in table.rows(
@@ -584,11 +590,12 @@ class FaissStore:
                 sorted({int(f) for f in found.ravel() if f >= 0}), key="faiss_id",
             )
         }
-        scores = self._score(raw)
+        scores = self._score(raw) if self.config.refine_factor == 1 else raw
         batches = []
         for row_ids, row_scores in zip(found, scores):
             hits = []
-            for faiss_id, score in zip(row_ids, row_scores):
+            order = np.argsort(-row_scores, kind="stable") if self.config.refine_factor > 1 else range(len(row_ids))
+            for faiss_id, score in ((row_ids[j], row_scores[j]) for j in order):
                 if faiss_id < 0 or int(faiss_id) not in rows:
                     continue  # no hit, or a chunk removed since the index was saved
                 chunk_id, text, metadata = rows[int(faiss_id)]
@@ -597,6 +604,18 @@ class FaissStore:
                     break
             batches.append(hits)
         return batches
+
+    def _exact_scores(self, table: _ChunkTable, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """The similarity of each candidate to its query from the stored float32 vectors (-inf for none)."""
+        wanted = sorted({int(f) for f in found.ravel() if f >= 0})
+        stored = {f: np.frombuffer(v, dtype=np.float32) for f, v in table.rows("faiss_id, vector", wanted, key="faiss_id")}
+        scores = np.full(found.shape, -np.inf, dtype=np.float32)
+        for row, (query, candidates) in enumerate(zip(queries, found)):
+            present = [j for j, f in enumerate(candidates) if int(f) in stored]
+            if present:
+                vectors = np.vstack([stored[int(candidates[j])] for j in present])
+                scores[row, present] = self.similarity(query[None, :], vectors)[0]
+        return scores
 
     def _exact_search(self, queries: np.ndarray, k: int, ids: list[str], with_text: bool) -> list[list[Document]]:
         if not ids:

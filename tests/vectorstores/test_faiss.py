@@ -133,6 +133,14 @@ def test_an_ivf_pq_index_is_trained_once_there_is_enough_to_train_on(tmp_path, t
     assert type(inner).__name__ == "IndexIVFPQ" and inner.nprobe == 4
     hits = reader.store.search("kites", k=10)
     assert len({d.id for d in hits}) == 10 and {d.id for d in hits} <= reader.store.ids()
+    # PQ scores are approximate; refine_factor re-scores the candidates with the stored vectors (here
+    # every vector is a candidate, so the result is the exact one)
+    refined = Pipeline.from_config(config, overrides={"vectorstore.refine_factor": 70})
+    top = refined.store.search("kites", k=10)
+    ids = sorted(refined.store.ids())
+    exact = refined.store.similarity(np.asarray([refined.embeddings.embed_query("kites")]), refined.store.vectors(ids))[0]
+    best = sorted(exact, reverse=True)[:10]
+    np.testing.assert_allclose([d.metadata["score"] for d in top], best, atol=1e-6)
 
     # Another index_factory rebuilds the index from the stored vectors: nothing is embedded again.
     # IVF with every list probed is exact, which checks the training, the id map and the scores.
