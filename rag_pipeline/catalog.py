@@ -18,3 +18,4 @@ from .rerankers import bge_reranker  # noqa: F401
 from .retrieval import retriever  # noqa: F401
 from .retrieval import m3  # noqa: F401
 from .vectorstores import chroma  # noqa: F401
+from .vectorstores import faiss_store  # noqa: F401  (faiss itself is imported only when chosen)

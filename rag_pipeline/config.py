@@ -200,6 +200,10 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
         for kind, (types, message) in (getattr(stage, "required_types", dict)() or {}).items():
             if sections.get(kind) is None or sections[kind].type not in types:
                 raise ConfigError(message)
+    # An index with no folder on this machine (a Chroma server) cannot hold the record, lock and cache.
+    needs_state = getattr(sections.get("vectorstore"), "state_directory_required", None)
+    if needs_state and (raw.get("ingest") or {}).get("state_directory") is None:
+        raise ConfigError(needs_state)
     rest = {k: v for k, v in raw.items() if k not in KINDS}
     try:
         return PipelineConfig.model_validate({**rest, **sections, "base_dir": base_dir}, context=context)

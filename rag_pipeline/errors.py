@@ -51,3 +51,7 @@ def first_line(exc: BaseException, limit: int | None = 160) -> str:
     """
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class IndexUnavailableError(RagPipelineError):
+    """The index lives on a server that cannot be reached (down, wrong address, refused credentials)."""

@@ -17,7 +17,9 @@ returned as a problem for the caller to report.
 from __future__ import annotations
 
 import re
-from typing import Any, Collection
+from typing import Any, Callable, Collection
+
+from .errors import ConfigError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 RESERVED_KEYS = {"chroma:document": "chroma_document"}
@@ -89,3 +91,43 @@ def _safe_value(key: str, value: Any, problems: list[str]) -> Any:
             problems.append(f"field {key!r}: invalid Unicode (a lone surrogate) replaced with U+FFFD")
         return repaired_list
     return value
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": lambda a, b: a == b,
+    "$ne": lambda a, b: a != b,
+    "$gt": lambda a, b: a is not None and a > b,
+    "$gte": lambda a, b: a is not None and a >= b,
+    "$lt": lambda a, b: a is not None and a < b,
+    "$lte": lambda a, b: a is not None and a <= b,
+    "$in": lambda a, b: a in b,
+    "$nin": lambda a, b: a not in b,
+}
+
+
+def matches(metadata: dict[str, Any], where: Any) -> bool:
+    """Whether a chunk's metadata passes a filter in Chroma's ``where`` syntax (the operators Chroma
+    documents for metadata: $eq $ne $gt $gte $lt $lte $in $nin, $and $or), so one
+    ``retriever.filter`` means the same to every index (BM25, FAISS) as to Chroma."""
+    if not isinstance(where, dict):
+        raise ConfigError(f"retriever.filter: must be a mapping in Chroma's where syntax, got {where!r}")
+    for key, condition in where.items():
+        if key in ("$and", "$or"):
+            results = (matches(metadata, part) for part in condition)
+            if not (all(results) if key == "$and" else any(results)):
+                return False
+            continue
+        if isinstance(condition, dict):
+            for operator, value in condition.items():
+                if operator not in _COMPARISONS:
+                    raise ConfigError(
+                        f"retriever.filter: unsupported operator {operator!r}; use one of {', '.join(_COMPARISONS)}, $and, $or"
+                    )
+                try:
+                    if not _COMPARISONS[operator](metadata.get(key), value):
+                        return False
+                except TypeError:
+                    return False
+        elif metadata.get(key) != condition:
+            return False
+    return True

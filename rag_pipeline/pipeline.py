@@ -467,11 +467,12 @@ class Pipeline:
     def require_index(self) -> None:
         """Raise ``IndexNotFoundError`` when a persistent index has not been ingested yet."""
         store = self.store
-        if store.local_directory is None:
+        location = getattr(store, "location", store.local_directory)  # a server has no local folder
+        if location is None:
             return  # in memory: an empty index is this process's own business
         if not store.index_exists() or not store.exists():
             raise IndexNotFoundError(
-                f"no index at {store.local_directory} (collection {store.config.collection!r}); "
+                f"no index at {location} (collection {store.config.collection!r}); "
                 "run `rag-pipeline ingest CONFIG` first"
             )
         store.check()

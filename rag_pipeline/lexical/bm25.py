@@ -42,7 +42,7 @@ from langchain_core.documents import Document
 from pydantic import Field, field_validator
 
 from ..contracts import with_score
-from ..errors import ConfigError
+from ..metadata import matches  # the where-filter semantics every non-Chroma index shares
 from ..registry import register
 from ..stage_config import StageConfig
 
@@ -430,43 +430,3 @@ def _top(scores: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:
         positive = positive[scores[positive] >= kth]
     order = sorted(positive, key=lambda j: (float(scores[j]), ids[j]), reverse=True)[:k]
     return [(ids[j], float(scores[j])) for j in order]
-
-
-_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "$eq": lambda a, b: a == b,
-    "$ne": lambda a, b: a != b,
-    "$gt": lambda a, b: a is not None and a > b,
-    "$gte": lambda a, b: a is not None and a >= b,
-    "$lt": lambda a, b: a is not None and a < b,
-    "$lte": lambda a, b: a is not None and a <= b,
-    "$in": lambda a, b: a in b,
-    "$nin": lambda a, b: a not in b,
-}
-
-
-def matches(metadata: dict[str, Any], where: Any) -> bool:
-    """Whether a chunk's metadata passes a filter in Chroma's ``where`` syntax (the operators Chroma
-    documents for metadata: $eq $ne $gt $gte $lt $lte $in $nin, $and $or), so one
-    ``retriever.filter`` means the same to both arms."""
-    if not isinstance(where, dict):
-        raise ConfigError(f"retriever.filter: must be a mapping in Chroma's where syntax, got {where!r}")
-    for key, condition in where.items():
-        if key in ("$and", "$or"):
-            results = (matches(metadata, part) for part in condition)
-            if not (all(results) if key == "$and" else any(results)):
-                return False
-            continue
-        if isinstance(condition, dict):
-            for operator, value in condition.items():
-                if operator not in _COMPARISONS:
-                    raise ConfigError(
-                        f"retriever.filter: unsupported operator {operator!r}; use one of {', '.join(_COMPARISONS)}, $and, $or"
-                    )
-                try:
-                    if not _COMPARISONS[operator](metadata.get(key), value):
-                        return False
-                except TypeError:
-                    return False
-        elif metadata.get(key) != condition:
-            return False
-    return True

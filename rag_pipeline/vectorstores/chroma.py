@@ -8,24 +8,33 @@ index are not comparable, and search would go quietly wrong. ``rag-pipeline rein
 told to (``collection_name``), which ``reindex`` swaps when a new one is complete. Which one is
 active is index state, kept by :mod:`rag_pipeline.indexing`; the store never reads it, it only
 asks ``resolve_collection`` again when its collection disappears under it.
+
+``client: http`` serves the same collections from a Chroma server (``chroma run``) instead of a
+local folder: many readers see one index, and every reader sees a writer's chunks as soon as they
+are written (the server holds the only view). Credentials are read from environment variables the
+config names, never from the config itself. The index record, write lock and embedding cache stay
+on the writer's machine (``ingest.state_directory``), so there is one writer at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from langchain_core.documents import Document
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ..errors import ConfigError, IndexMismatchError, first_line
+from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, first_line
 from ..metadata import safe_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
+from .scores import similarity
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
 logger = logging.getLogger(__name__)
@@ -37,13 +46,71 @@ def build_chroma_store(config: "ChromaStoreConfig", embeddings) -> "ChromaStore"
 
 @register("vectorstore", "chroma", build_chroma_store)
 class ChromaStoreConfig(StageConfig):
-    """A Chroma collection in a local folder (or in memory when ``persist_directory`` is null)."""
+    """A Chroma collection in a local folder (or in memory when ``persist_directory`` is null), or on
+    a Chroma server (``client: http``)."""
 
     type: Literal["chroma"] = "chroma"
     persist_directory: ConfigPath | None = None
     collection: str = Field("rag_pipeline", min_length=3, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]$")
     distance: Literal["cosine", "ip", "l2"] = "cosine"
     write_batch_size: int = Field(256, gt=0, description="Chunks embedded and written per step.")
+    client: Literal["embedded", "http"] = Field(
+        "embedded", description="embedded: Chroma in this process; http: a Chroma server at host:port."
+    )
+    host: str = Field("localhost", min_length=1, description="The Chroma server (client: http).")
+    port: int = Field(8000, gt=0, lt=65536, description="The Chroma server's port (client: http).")
+    ssl: bool = Field(False, description="Connect over HTTPS (client: http).")
+    token_env: str | None = Field(
+        None, description="Name of the environment variable holding the server's auth token (client: http)."
+    )
+    token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization", description="How the token is sent: 'Authorization: Bearer <token>' or 'X-Chroma-Token'."
+    )
+    headers_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further request headers, each read from the environment variable named (client: http).",
+    )
+
+    @model_validator(mode="after")
+    def _server_settings_need_a_server(self) -> "ChromaStoreConfig":
+        if self.client == "http" and self.persist_directory is not None:
+            raise ValueError(
+                "persist_directory is not used with client: http (a Chroma server keeps its own folder); "
+                "remove persist_directory, or set client: embedded"
+            )
+        if self.client == "embedded" and (self.token_env or self.headers_env):
+            raise ValueError("token_env/headers_env are for a Chroma server; set client: http or remove them")
+        return self
+
+    @property
+    def state_directory_required(self) -> str | None:
+        """Why ``ingest.state_directory`` must be set (None: the index folder can hold the state)."""
+        if self.client == "http":
+            return (
+                "ingest.state_directory: required with vectorstore.client: http (the index record, write lock "
+                "and embedding cache live on the writer's machine, not on the server); set it to a local folder"
+            )
+        return None
+
+    @property
+    def server_url(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+    def server_headers(self) -> dict[str, str]:
+        """The request headers, read from the environment now (never stored in the config)."""
+        headers = {}
+        sources = dict(self.headers_env)
+        if self.token_env:
+            sources[self.token_header] = self.token_env
+        for header, variable in sources.items():
+            value = os.environ.get(variable)
+            if not value:
+                key = "vectorstore.token_env" if variable == self.token_env else f"vectorstore.headers_env.{header}"
+                raise ConfigError(f"{key}: environment variable {variable} is not set; export it before running")
+            if header == "Authorization" and variable == self.token_env:
+                value = f"Bearer {value}"
+            headers[header] = value
+        return headers
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -83,8 +150,20 @@ class ChromaStore:
         self._token: Any = None
         self._writing = 0
         self._client = None
+        self._raw_client = None
         self._collection = None
         self._vectorstore = None
+
+    @property
+    def on_server(self) -> bool:
+        return self.config.client == "http"
+
+    @property
+    def location(self) -> str | None:
+        """Where the index lives, for messages (None: in memory)."""
+        if self.on_server:
+            return self.config.server_url
+        return str(self.config.persist_directory) if self.config.persist_directory is not None else None
 
     @property
     def collection_name(self) -> str:
@@ -113,15 +192,36 @@ class ChromaStore:
 
             settings = Settings(anonymized_telemetry=False, allow_reset=False)
             self._token = self.change_token() if self.change_token is not None else None
-            if self.config.persist_directory is None:
+            if self.on_server:
+                self._raw_client = self._connect(chromadb, settings)
+                self._client = _ServerCalls(self._raw_client, self.config.server_url)
+            elif self.config.persist_directory is None:
                 self._client = chromadb.EphemeralClient(settings=settings)
             else:
                 self.config.persist_directory.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.config.persist_directory), settings=settings)
+            if not self.on_server:
+                self._raw_client = self._client
         return self._client
+
+    def _connect(self, chromadb, settings):
+        from chromadb.errors import ChromaAuthError
+
+        config = self.config
+        headers = config.server_headers()
+        try:
+            return chromadb.HttpClient(
+                host=config.host, port=config.port, ssl=config.ssl, headers=headers or None, settings=settings
+            )
+        except ChromaAuthError as exc:
+            raise _refused(config.server_url, exc) from None
+        except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+            raise _unreachable(config.server_url, exc) from None
 
     def index_exists(self) -> bool:
         """Whether anything was ever stored here, checked without creating anything."""
+        if self.on_server:
+            return bool(self.collection_names())
         if self.config.persist_directory is None:
             return self._client is not None and bool(self.collection_names())
         return (self.config.persist_directory / "chroma.sqlite3").is_file()
@@ -160,7 +260,7 @@ class ChromaStore:
             expected = self.embeddings.fingerprint()
             if collection.count() > 0:
                 raise IndexMismatchError(
-                    f"collection {self.collection_name!r} in {self.config.persist_directory} was not built by "
+                    f"collection {self.collection_name!r} in {self.location} was not built by "
                     "rag-pipeline (no embedding fingerprint); use another vectorstore.collection"
                 )
             metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: _fingerprint_text(expected)}
@@ -237,7 +337,7 @@ class ChromaStore:
 
             self.collection  # create or check first, so LangChain never creates it without a fingerprint
             self._vectorstore = Chroma(
-                client=self.client,
+                client=self._raw_client,
                 collection_name=self.collection_name,
                 embedding_function=self.embeddings,
                 create_collection_if_not_exists=False,
@@ -315,15 +415,24 @@ class ChromaStore:
 
     def refresh_if_changed(self) -> bool:
         """Open a fresh view of the folder if another process changed the index since ours was
-        opened (see the class docstring); returns whether it did."""
-        if self._client is None or self.change_token is None or self.config.persist_directory is None:
+        opened (see the class docstring); returns whether it did.
+
+        A server's view is always current; there only the active collection is asked again (a
+        reindex in another process may have switched it)."""
+        if self._client is None or self.change_token is None:
+            return False
+        if self.config.persist_directory is None and not self.on_server:
             return False
         if self._writing:
             return False
-        if self.change_token() == self._token:
+        token = self.change_token()
+        if token == self._token:
             return False
-        _forget_process_view(self._client)
-        self._client = None
+        if self.on_server:
+            self._token = token
+        else:
+            _forget_process_view(self._client)
+            self._client = self._raw_client = None
         if self.resolve_collection is not None:
             self.use_collection(self.resolve_collection())
         else:
@@ -376,18 +485,8 @@ class ChromaStore:
 
     def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Scores as :meth:`search_batch` reports them: the similarity that Chroma's distance in this
-        collection's space stands for (cosine; dot product for ip; 1 - d/2 for squared l2, which
-        for unit vectors is the cosine)."""
-        queries = np.asarray(queries, dtype=np.float32)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if self.config.distance == "cosine":
-            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        products = queries @ vectors.T
-        if self.config.distance == "l2":
-            squared = (queries**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * products
-            return 1.0 - squared / 2.0
-        return products
+        collection's space stands for (see :func:`rag_pipeline.vectorstores.scores.similarity`)."""
+        return similarity(self.config.distance, queries, vectors)
 
     def _distance_to_similarity(self, distance: float) -> float:
         # Chroma returns distances: cosine and ip give 1 - similarity; l2 is squared Euclidean.
@@ -431,6 +530,52 @@ class ChromaStore:
     def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
         """Top-k chunks for a query text (embedded with the query instruction)."""
         return self.search_batch(np.asarray([self.embeddings.embed_query(query)]), k, where)[0]
+
+
+class _ServerCalls:
+    """A chromadb client or collection whose calls report a lost or refusing server as one
+    ``IndexUnavailableError`` line instead of an httpx traceback (collections it returns too)."""
+
+    _RETURNS_COLLECTION = frozenset({"get_collection", "create_collection", "get_or_create_collection"})
+
+    def __init__(self, target: Any, url: str):
+        self._target = target
+        self._url = url
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def call(*args, **kwargs):
+            import httpx
+            from chromadb.errors import ChromaAuthError
+
+            try:
+                result = value(*args, **kwargs)
+            except httpx.TransportError as exc:
+                raise _unreachable(self._url, exc) from None
+            except ChromaAuthError as exc:
+                raise _refused(self._url, exc) from None
+            return _ServerCalls(result, self._url) if name in self._RETURNS_COLLECTION else result
+
+        return call
+
+
+def _unreachable(url: str, exc: BaseException) -> IndexUnavailableError:
+    return IndexUnavailableError(
+        f"vectorstore: the Chroma server at {url} cannot be reached ({first_line(exc, 80)}); start it "
+        "(`chroma run --path DIR --host HOST --port PORT`) or fix vectorstore.host/port, then run the command "
+        "again (an interrupted ingest resumes where it stopped)"
+    )
+
+
+def _refused(url: str, exc: BaseException) -> IndexUnavailableError:
+    return IndexUnavailableError(
+        f"vectorstore: the Chroma server at {url} refused the credentials ({first_line(exc, 80)}); check the "
+        "environment variables named by vectorstore.token_env/headers_env"
+    )
 
 
 def _forget_process_view(client) -> None:
