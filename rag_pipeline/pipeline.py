@@ -191,6 +191,8 @@ class Pipeline:
             self.state.record() as record,
         ):
             prepare_ingest(record, store, store.config.collection, beside=[lexical] if lexical is not None else ())
+            if store.exists():
+                store.check()  # a model or distance change is refused before any file is read, even if none changed
             report = self._indexer(store, record, self.config.ingest.cleanup, show_progress, lexical, prune_api=prune_api).sync()
         warn_truncated(report, self.embeddings.max_seq_length if report.truncated else 0)
         report.seconds = time.perf_counter() - started

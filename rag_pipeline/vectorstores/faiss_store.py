@@ -436,7 +436,8 @@ class FaissStore:
         """A write session: the index is kept in step with every write and, when the session ends,
         trained (if it can be now), compacted (if many chunks were removed) and saved."""
         self.refresh_if_changed()
-        self.check()  # refused before anything is written, even when nothing would be
+        # no model check here: a write session is also how reindex switches the served collection
+        # (built with the old model) to the new one; every write checks (_writable_table)
         self._writing += 1
         try:
             yield
@@ -531,6 +532,22 @@ class FaissStore:
         if not where:
             return {r[0] for r in table.rows("id")}
         return {i for i, metadata in table.rows("id, metadata") if matches(json.loads(metadata), where)}
+
+    def stored_fingerprint(self) -> dict[str, Any] | None:
+        """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
+        table = self._table()
+        stored = table.meta("fingerprint") if table is not None else None
+        return json.loads(stored) if stored else None
+
+    def documents_in(self, collection: str, ids: Sequence[str]) -> list[Document]:
+        """The stored chunks of another physical collection, in ``ids`` order, read without the
+        model check (``reindex`` copies the texts added from code out of the collection it replaces)."""
+        table = self._table(name=collection)
+        found = {
+            i: Document(page_content=text, metadata=json.loads(metadata), id=i)
+            for i, text, metadata in (table.rows("id, text, metadata", ids) if table is not None else [])
+        }
+        return [found[i] for i in ids if i in found]
 
     def documents(self, ids: Sequence[str]) -> list[Document]:
         table = self._table()

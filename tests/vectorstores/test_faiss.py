@@ -230,3 +230,23 @@ def test_eval_and_hybrid_fusion_on_faiss_equal_chroma_with_a_flat_index(tmp_path
             assert list(ours) == list(ranking)
             np.testing.assert_allclose(list(ours.values()), list(ranking.values()), atol=1e-5)
     assert json.dumps(results["faiss"].metrics, sort_keys=True) == json.dumps(results["chroma"].metrics, sort_keys=True)
+
+
+def test_documents_from_code_stats_and_reindex_work_on_faiss(corpus, tmp_path, tiny_bge_dir, tiny_bge_other_dir):
+    """The document API, `stats` and a reindex that carries documents from code read the FAISS
+    store through the same calls they make of Chroma."""
+    from langchain_core.documents import Document
+
+    config = faiss_config(corpus, tmp_path / "index", tiny_bge_dir)
+    Pipeline.from_config(config).ingest()
+    Pipeline.from_config(config).add_documents([Document(page_content="Emperor penguins huddle in winter.")], source="penguins")
+    stats = Pipeline.from_config(config).stats()
+    expected = Pipeline.from_config(config).embeddings.fingerprint(load_model=False)
+    assert stats["fingerprint"] is not None and expected.items() <= stats["fingerprint"].items()
+    config["embeddings"]["model"] = str(tiny_bge_other_dir)
+    Pipeline.from_config(config).reindex()
+    pipe = Pipeline.from_config(config)
+    carried = [s for s in pipe.sources() if s.source == "penguins"]
+    assert len(carried) == 1 and carried[0].chunks == 1
+    hits = pipe.as_retriever(k=50).invoke("penguins")
+    assert "Emperor penguins huddle in winter." in [d.page_content for d in hits]
