@@ -10,6 +10,7 @@ skipped or expected to fail.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Iterator
 
 import pytest
@@ -29,4 +30,19 @@ class TestIndexedVectorStore(VectorStoreIntegrationTests):
         store = pipe.as_vectorstore()
         yield store
         # the next ingest keeps what was added from code: the index holds what the record lists
+        assert not pipe.ingest().recovered
+
+
+@pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed (pip install 'rag-pipeline[faiss]')")
+class TestIndexedVectorStoreOnFaiss(VectorStoreIntegrationTests):
+    """The same suite with ``vectorstore.type: faiss`` (exact ``Flat`` index) behind the record."""
+
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Iterator[VectorStore]:
+        corpus = tmp_path / "corpus"
+        corpus.mkdir()
+        config = pipeline_config(corpus, tmp_path / "index", MINILM)
+        config["vectorstore"] = {"type": "faiss", "persist_directory": str(tmp_path / "index"), "collection": "test"}
+        pipe = Pipeline.from_config(config)
+        yield pipe.as_vectorstore()
         assert not pipe.ingest().recovered
