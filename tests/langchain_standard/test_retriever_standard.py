@@ -1,7 +1,7 @@
 """LangChain's standard retriever suite (langchain-tests) against the pipeline's retriever, for each
 retriever the package offers: dense, hybrid (dense + BM25), BM25 alone (``hybrid`` with one arm)
-and dense reranked by a cross-encoder (the tiny random one: the suite checks behaviour, not
-quality). Real objects: the packaged all-MiniLM-L6-v2 and a persistent Chroma in a temp folder,
+dense reranked by a cross-encoder (the tiny random one: the suite checks behaviour, not
+quality), and BGE-M3's dense + sparse + ColBERT retriever (on the tiny random bge-m3). Real objects: the packaged all-MiniLM-L6-v2 and a persistent Chroma in a temp folder,
 ingested once for the module. No test is skipped or expected to fail.
 
 ``retriever_constructor`` is ``Pipeline.as_retriever`` of a pipeline over that index (the suite
@@ -82,3 +82,34 @@ class TestRerankedRetrieverStandard(_PipelineRetrieverTests):
     def overrides(self, water_index):
         reranker = {"type": "bge-reranker", "model": str(water_index["reranker_dir"]), "device": "cpu"}
         return {"reranker": reranker, "retriever": {"type": "dense", "k": 4, "fetch_k": 6}}
+
+
+@pytest.fixture(scope="module")
+def water_index_m3(tmp_path_factory, tiny_bge_m3_dir) -> dict:
+    corpus = tmp_path_factory.mktemp("water-corpus-m3")
+    for name, text in CORPUS.items():
+        (corpus / name).write_text(text + "\n", encoding="utf-8")
+    config = pipeline_config(
+        corpus,
+        tmp_path_factory.mktemp("water-index-m3"),
+        str(tiny_bge_m3_dir),
+        embeddings={"type": "bge-m3", "model": str(tiny_bge_m3_dir), "show_progress": False},
+        lexical={"type": "m3-sparse"},
+        retriever={"type": "bge-m3", "k": 4},
+    )
+    Pipeline.from_config(config).ingest()
+    return config
+
+
+class TestBgeM3RetrieverStandard(RetrieversIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _pipeline(self, water_index_m3):
+        self.pipeline = Pipeline.from_config(water_index_m3)
+
+    @property
+    def retriever_constructor(self):
+        return self.pipeline.as_retriever
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "how hot should the water be"
