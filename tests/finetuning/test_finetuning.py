@@ -212,3 +212,13 @@ def test_a_reranker_trained_from_encoder_weights_loads_as_reranker_model(tmp_pat
     assert len(scores) == 2 and scores[0] != scores[1]
     assert reranker.identity != model_identity(resolve_model(str(tiny_bge_dir), what="x"))
     assert (tmp_path / "reranker" / CARD_FILENAME).is_file()
+
+
+def test_the_cli_reports_a_bad_training_file_in_one_line_before_loading_a_model(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"query": "q", "pos": ["same"], "neg": ["same"]}) + "\n", encoding="utf-8")
+    for kind in ("embedder", "reranker"):
+        code = main(["finetune", kind, "--data", str(data), "--base", "no/such-model", "--out", str(tmp_path / kind)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err == f"error: {data}: line 1: a negative equals a positive ('same'); drop it from 'neg'"
+        assert not (tmp_path / kind).exists()
