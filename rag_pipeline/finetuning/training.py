@@ -144,7 +144,7 @@ def _arguments(cls, out: Path, settings: TrainingSettings, rows: int, **extra):
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
-        logging_steps=max(1, min(50, settings.save_steps)),
+        logging_steps=max(1, min(10, settings.save_steps)),
         seed=settings.seed,
         data_seed=settings.seed,
         report_to="none",
@@ -257,8 +257,8 @@ def train_reranker(
     elif loss == "listwise":
         raw = _rows(examples, settings.negatives)
         columns = {"query": raw.pop("anchor"), **raw}
-        # hard negatives only: a SciFact batch's other abstracts are too easy to teach anything
-        objective = losses.MultipleNegativesRankingLoss(model, num_negatives=0)
+        # softmax over the positive, the mined hard negatives and 4 in-batch negatives (the library's default)
+        objective = losses.MultipleNegativesRankingLoss(model)
     elif loss == "margin-mse":
         columns = _margin_rows(examples, settings.negatives)
         objective = losses.MarginMSELoss(model)
