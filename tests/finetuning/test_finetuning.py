@@ -222,3 +222,17 @@ def test_the_cli_reports_a_bad_training_file_in_one_line_before_loading_a_model(
         err = capsys.readouterr().err.strip()
         assert code == 2 and err == f"error: {data}: line 1: a negative equals a positive ('same'); drop it from 'neg'"
         assert not (tmp_path / kind).exists()
+
+
+def test_lora_adapters_are_merged_into_a_plain_folder(tmp_path, tiny_bge_dir):
+    from rag_pipeline.embeddings.bge import BgeEmbeddings, BgeEmbeddingsConfig
+
+    data = write_training_file(toy_examples(), tmp_path / "train.jsonl")
+    train_embedder(data, str(tiny_bge_dir), tmp_path / "lora", quick(), lora_rank=4)
+    assert not list((tmp_path / "lora").glob("adapter_*"))
+    before, after = _weights(tiny_bge_dir), _weights(tmp_path / "lora")
+    assert set(before) == set(after)  # no lora_A / lora_B tensors left: merged
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all(any(p in name for p in ("query", "key", "value")) for name in changed)
+    tuned = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tmp_path / "lora"), show_progress=False))
+    assert len(tuned.embed_query("bees")) == 32
