@@ -119,7 +119,54 @@ def _parser() -> argparse.ArgumentParser:
         "--deep", action="store_true", help="also find every model the config names (no weights loaded)"
     )
     with_config(config_commands.add_parser("show", help="print the resolved config as YAML"))
+    _finetune_parser(commands)
     return parser
+
+
+def _finetune_parser(commands) -> None:
+    finetune = commands.add_parser("finetune", help="mine hard negatives, fine-tune the embedder, train a reranker")
+    _debug_flag(finetune)
+    actions = finetune.add_subparsers(dest="finetune_command", required=True, metavar="ACTION")
+    mine = actions.add_parser("mine", help="write a FlagEmbedding-format training file from a BEIR split's qrels")
+    mine.add_argument("config", help="pipeline config (YAML) whose retriever finds the negatives")
+    mine.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as in eval")
+    mine.add_argument("--dataset", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    mine.add_argument("--split", default="train", help="qrels/<split>.tsv to mine (default train; test needs --force)")
+    mine.add_argument("--out", required=True, metavar="FILE", help="training file to write (.jsonl)")
+    mine.add_argument("--ranks", default="10..100", metavar="N..M", help="negatives from ranks N+1..M of the first stage (default 10..100)")
+    mine.add_argument("--margin", type=float, default=None, help="skip candidates scoring within this of the weakest retrieved positive")
+    mine.add_argument("--max-negatives", type=int, default=None, metavar="K", help="keep the first K negatives per query")
+    mine.add_argument("--dev-share", type=float, default=0.2, help="share of the split's queries held out as dev (default 0.2)")
+    mine.add_argument("--dev-seed", type=int, default=0, help="seed of the dev draw (default 0)")
+    mine.add_argument("--no-dev", action="store_true", help="mine every query of the split (hold nothing out)")
+    mine.add_argument("--force", action="store_true", help="allow --split test")
+    mine.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _debug_flag(mine)
+    for kind in ("embedder", "reranker"):
+        train = actions.add_parser(kind, help=f"train the {kind} on a training file")
+        train.add_argument("--data", required=True, metavar="FILE", help="FlagEmbedding-format .jsonl (from `finetune mine`)")
+        train.add_argument("--base", required=True, metavar="MODEL", help="hub id, local folder or package:NAME to start from")
+        train.add_argument("--out", required=True, metavar="DIR", help="output folder (loads as embeddings.model / reranker.model)")
+        train.add_argument(
+            "--loss", default="mnrl" if kind == "embedder" else "listwise",
+            choices=["mnrl", "cached-mnrl"] if kind == "embedder" else ["listwise", "bce", "margin-mse"],
+        )
+        train.add_argument("--epochs", type=float, default=1.0)
+        train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+        train.add_argument("--batch-size", type=int, default=32)
+        train.add_argument("--lr", type=float, default=2e-5)
+        train.add_argument("--negatives", type=int, default=1 if kind == "embedder" else 4, help="hard negatives per query")
+        train.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's)")
+        train.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps")
+        train.add_argument("--seed", type=int, default=0)
+        train.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: where the CPU has it natively)")
+        train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
+        train.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        if kind == "embedder":
+            train.add_argument("--mini-batch-size", type=int, default=16, help="cached-mnrl: texts per forward pass")
+            train.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank (peft), merged on save")
+            train.add_argument("--query-instruction", default=None, help="prefix for queries (default: the model's, as at query time)")
+        _debug_flag(train)
 
 
 def _pipeline(args: argparse.Namespace):
@@ -360,9 +407,50 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import finetuning
+
+    if args.finetune_command == "mine":
+        from .evaluation import load_beir
+
+        finetuning.refuse_test_split(args.split, args.force)
+        skip, _, depth = args.ranks.partition("..")
+        if not (skip.isdigit() and depth.isdigit()):
+            raise RagPipelineError(f"--ranks: expected N..M (e.g. 10..100), got {args.ranks!r}")
+        dataset = load_beir(args.dataset, split=args.split)
+        query_ids = list(dataset.queries)
+        if not args.no_dev:
+            query_ids, dev_ids = finetuning.dev_split(query_ids, args.dev_share, args.dev_seed)
+            print(f"held out {len(dev_ids)} of {len(dev_ids) + len(query_ids)} {args.split} queries as dev "
+                  f"(share {args.dev_share}, seed {args.dev_seed})", file=sys.stderr)
+        examples = finetuning.mine_hard_negatives(
+            args.config, finetuning.with_queries(dataset, query_ids),
+            window=finetuning.MiningWindow(int(skip), int(depth)), margin=args.margin, max_negatives=args.max_negatives,
+            overrides=dict(parse_override(o) for o in args.overrides), show_progress=False if args.quiet else None,
+        )
+        path = finetuning.write_training_file(examples, args.out)
+        print(f"wrote {path}: {len(examples)} queries, {sum(len(e.neg) for e in examples)} negatives")
+        return 0
+    settings = finetuning.TrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives,
+        max_steps=args.max_steps, save_steps=args.save_steps, seed=args.seed, resume=args.resume,
+        bf16={"auto": None, "on": True, "off": False}[args.bf16], show_progress=not args.quiet, max_length=args.max_length,
+    )
+    if args.finetune_command == "embedder":
+        result = finetuning.train_embedder(
+            args.data, args.base, args.out, settings, loss=args.loss, mini_batch_size=args.mini_batch_size,
+            query_instruction=args.query_instruction, lora_rank=args.lora,
+        )
+    else:
+        result = finetuning.train_reranker(args.data, args.base, args.out, settings, loss=args.loss)
+    print(f"wrote {result.out}: {result.steps} steps in {result.seconds:.0f}s, peak memory {result.peak_rss_mb:.0f} MB "
+          f"(card: {result.out / finetuning.CARD_FILENAME})")
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
             "config": cmd_config, "ls": _cmd_ls, "stats": _cmd_stats, "export": _cmd_export, "delete": _cmd_delete,
-            "serve": _cmd_serve}
+            "serve": _cmd_serve, "finetune": cmd_finetune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

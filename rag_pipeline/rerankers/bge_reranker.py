@@ -36,6 +36,11 @@ class BgeRerankerConfig(StageConfig):
     device: str = "auto"
     dtype: DType = "auto"
     trust_remote_code: bool = False
+    blend: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Weight on the first stage's score, both min-max normalised over the candidates; 0 = pure rerank. "
+        "Choose it on a dev split (benchmarks/finetune_scifact.py).",
+    )
 
 
 class BgeReranker(BaseDocumentCompressor):
@@ -51,6 +56,7 @@ class BgeReranker(BaseDocumentCompressor):
     device: str = "auto"
     dtype: DType = "auto"
     trust_remote_code: bool = False
+    blend: float = 0.0
     # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
     # share it, so they resolve and hash the model once; the loader shares the model itself with
     # every other reranker on the same files in this process. Entries are keyed by the fields they
@@ -114,6 +120,8 @@ class BgeReranker(BaseDocumentCompressor):
         """All ``documents``, best first by the cross-encoder, each with ``metadata['rerank_score']``
         beside the first stage's ``score`` (ties keep the first stage's order)."""
         scores = self.score(query, [d.page_content for d in documents])
+        if self.blend > 0:
+            scores = blend_scores([float(d.metadata.get("score", 0.0)) for d in documents], scores, self.blend)
         ranked = sorted(zip(documents, scores), key=lambda pair: pair[1], reverse=True)
         return [
             Document(page_content=d.page_content, metadata={**d.metadata, "rerank_score": s}, id=d.id)
@@ -126,3 +134,18 @@ class BgeReranker(BaseDocumentCompressor):
         """LangChain's compressor interface (``ContextualCompressionRetriever``): the best ``top_n``."""
         ranked = self.rank(query, documents)
         return ranked[: self.top_n] if self.top_n is not None else ranked
+
+
+def blend_scores(first_stage: Sequence[float], reranked: Sequence[float], weight: float) -> list[float]:
+    """``weight * minmax(first_stage) + (1 - weight) * minmax(reranked)`` over one query's candidates.
+
+    Min-max per list because the two scales have nothing in common (a cosine or fused score, a
+    logit); a list whose scores are all equal contributes 0 (it cannot tell the candidates apart)."""
+
+    def minmax(values: Sequence[float]) -> list[float]:
+        low, high = min(values), max(values)
+        return [0.0] * len(values) if high == low else [(v - low) / (high - low) for v in values]
+
+    if not reranked:
+        return []
+    return [weight * f + (1 - weight) * r for f, r in zip(minmax(first_stage), minmax(reranked))]

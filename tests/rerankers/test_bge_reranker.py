@@ -67,3 +67,28 @@ def test_fp16_is_never_used_on_cpu(tiny_reranker_dir):
 def test_copies_share_one_loaded_model(reranker):
     copy = reranker.model_copy(update={"top_n": 1})
     assert copy.cross_encoder is reranker.cross_encoder
+
+
+def test_blend_weighs_the_normalised_first_stage_score_against_the_cross_encoder(reranker, tiny_reranker_dir):
+    first_stage = [0.9, 0.1, 0.5, 0.3, 0.7]  # the first stage's own order: 0, 4, 2, 3, 1
+    documents = [Document(page_content=p, metadata={"score": s}, id=str(i)) for i, (p, s) in enumerate(zip(PASSAGES, first_stage))]
+    logits = _raw_logits(str(tiny_reranker_dir), "bees", PASSAGES)
+    pure = [d.id for d in reranker.rank("bees", documents)]
+    assert pure == [str(i) for i in np.argsort(-logits, kind="stable")]
+    only_first = reranker.model_copy(update={"blend": 1.0}).rank("bees", documents)
+    assert [d.id for d in only_first] == ["0", "4", "2", "3", "1"]
+    half = reranker.model_copy(update={"blend": 0.5}).rank("bees", documents)
+    f = (np.array(first_stage) - 0.1) / 0.8
+    r = (logits - logits.min()) / (logits.max() - logits.min())
+    expected = 0.5 * f + 0.5 * r
+    assert [d.id for d in half] == [str(i) for i in np.argsort(-expected, kind="stable")]
+    np.testing.assert_allclose([d.metadata["rerank_score"] for d in half], np.sort(expected)[::-1], atol=1e-4)
+
+
+def test_blend_is_a_config_key_between_0_and_1():
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.rerankers.bge_reranker import BgeRerankerConfig
+
+    assert BgeRerankerConfig().blend == 0.0
+    with pytest.raises(Exception, match="blend"):
+        BgeRerankerConfig(blend=1.5)
