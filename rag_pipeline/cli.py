@@ -214,7 +214,18 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid")
     else:
         print(config.to_yaml(), end="")
+        _print_precisions(config)
     return 0
+
+
+def _print_precisions(config) -> None:
+    """What each ``precision`` becomes on this machine and why, as YAML comments."""
+    from .models import describe_precision
+
+    for section in ("embeddings", "reranker"):
+        stage = getattr(config, section, None)
+        if stage is not None and hasattr(stage, "precision") and hasattr(stage, "device"):
+            print("# " + describe_precision(stage.device, stage.precision, section))
 
 
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
