@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]  # the older ``dtype``
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_ENV = "RAG_PIPELINE_CPU_BF16"
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,22 @@ def migrate_dtype(data: Any, section: str) -> Any:
     return data
 
 
-@lru_cache(maxsize=1)
-def cpu_bf16_support(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+def cpu_bf16_support() -> tuple[bool, str]:
     """Whether this CPU multiplies bf16 matrices natively, and the evidence (for ``config show``).
 
-    The flags are what oneDNN dispatches on; ``torch.backends.cpu.get_cpu_capability()`` only says
-    "AVX512" whether or not the bf16 extension is there.
+    ``RAG_PIPELINE_CPU_BF16=0`` (or ``1``) overrides the detection, so that ``auto`` gives the same
+    precision on every machine (the test suite sets 0: its reference comparisons are fp32).
     """
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1", f"{CPU_BF16_ENV}={override}"
+    return cpu_flags_bf16_support("/proc/cpuinfo")
+
+
+@lru_cache(maxsize=4)
+def cpu_flags_bf16_support(cpuinfo: str) -> tuple[bool, str]:
+    """The flags are what oneDNN dispatches on; ``torch.backends.cpu.get_cpu_capability()`` only
+    says "AVX512" whether or not the bf16 extension is there."""
     try:
         text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -105,7 +105,8 @@ class BgeReranker(BaseDocumentCompressor):
         return self._loaded[key]
 
     @property
-    def precision(self) -> Precision:
+    def resolved_precision(self) -> Precision:
+        """What ``precision`` becomes on this machine (``auto`` decided, fallbacks applied)."""
         return resolve_precision(self.device, self.precision, "reranker")
 
     @property
@@ -114,7 +115,7 @@ class BgeReranker(BaseDocumentCompressor):
         if key not in self._loaded:
             self._loaded[key] = load_cross_encoder(
                 self.resolved,
-                self.precision,
+                self.resolved_precision,
                 identity=self.identity,
                 max_length=self.max_length,
                 trust_remote_code=self.trust_remote_code,
