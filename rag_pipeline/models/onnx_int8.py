@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,29 @@ def _export_view(model, output_name: str, input_names: list[str]):
     return ExportView()
 
 
+@contextmanager
+def _quiet_exporter():
+    """The exporter's and quantiser's chatter (missing torchvision ops, a pre-processing tip logged
+    on the root logger) says nothing a user can act on."""
+    exporter = logging.getLogger("torch.onnx")
+    previous = exporter.level
+    exporter.setLevel(logging.ERROR)
+    tip = _DropQuantisationTip()
+    logging.getLogger().addFilter(tip)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter.setLevel(previous)
+        logging.getLogger().removeFilter(tip)
+
+
+class _DropQuantisationTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _export(module, target: Path) -> None:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -101,9 +125,7 @@ def _export(module, target: Path) -> None:
     output_name = _output_name(module)
     view = _export_view(module.model, output_name, input_names).eval()
     dynamic = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch, warnings.catch_warnings():
-        # The exporter's deprecation and tracing chatter says nothing a user can act on.
-        warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch, _quiet_exporter():
         plain = Path(scratch) / "model.onnx"
         quantised = Path(scratch) / "model.int8.onnx"
         with torch.no_grad():
