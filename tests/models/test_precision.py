@@ -13,6 +13,13 @@ from rag_pipeline.models import precision as precision_module
 from rag_pipeline.rerankers import BgeReranker, BgeRerankerConfig
 
 
+@pytest.fixture(autouse=True)
+def warnings_reach_caplog(monkeypatch):
+    # Another test module may import a library that calls logging.config.dictConfig, which
+    # disables loggers created before it; these tests read the warnings.
+    monkeypatch.setattr(precision_module.logger, "disabled", False)
+
+
 @pytest.fixture
 def cpu_with_bf16(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: (True, "CPU has avx512_bf16"))
