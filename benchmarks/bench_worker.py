@@ -136,8 +136,7 @@ def query(args) -> dict:
             "type": "bge-reranker", "model": str(args.reranker), "device": "cpu", "max_length": 512,
             "precision": args.reranker_precision,
         }
-    if args.hybrid:
-        config["retriever"] = {"type": "hybrid", "k": args.k, "fetch_k": max(args.fetch_k, args.k)}
+
     started = time.perf_counter()
     pipe = Pipeline.from_config(config)
     retriever = pipe.as_retriever()
@@ -242,7 +241,6 @@ def main() -> None:
     # fp32 unless asked: run_benchmarks.py's rows are the fp32 path; run_precision.py passes others.
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--reranker-precision", default="fp32")
-    parser.add_argument("--hybrid", action="store_true", help="query: retriever.type hybrid (dense + BM25)")
     parser.add_argument("--pairs", type=int, default=20, help="rerank: candidates per query")
     parser.add_argument("--tokens", type=int, default=256, help="rerank: tokens per (query, candidate) pair")
     args = parser.parse_args()
