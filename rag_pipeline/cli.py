@@ -380,6 +380,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid")
     else:
         print(config.to_yaml(), end="")
+        _print_precisions(config)
     return 0
 
 
@@ -446,6 +447,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"wrote {result.out}: {result.steps} steps in {result.seconds:.0f}s, peak memory {result.peak_rss_mb:.0f} MB "
           f"(card: {result.out / finetuning.CARD_FILENAME})")
     return 0
+
+
+def _print_precisions(config) -> None:
+    """What each ``precision`` becomes on this machine and why, as YAML comments."""
+    from .models import describe_precision
+
+    for section in ("embeddings", "reranker"):
+        stage = getattr(config, section, None)
+        if stage is not None and hasattr(stage, "precision") and hasattr(stage, "device"):
+            print("# " + describe_precision(stage.device, stage.precision, section))
 
 
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,

@@ -92,3 +92,11 @@ def small_corpus(tmp_path) -> Path:
         encoding="utf-8",
     )
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_auto_is_fp32():
+    """``precision: auto`` is fp32 in every test, on every CPU (bf16 where the CPU has it would
+    break the fp32 reference comparisons); precision tests pick bf16 explicitly. An environment
+    variable rather than a patch, so CLI subprocesses see it too."""
+    os.environ["RAG_PIPELINE_CPU_BF16"] = "0"

@@ -12,17 +12,19 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ..stage_config import ConfigPath, ModelReference, StageConfig
 from ..models import (
-    DType,
     Precision,
+    PrecisionSetting,
     ResolvedModel,
     default_query_instruction,
     load_bi_encoder,
     load_tokenizer,
+    migrate_dtype,
     model_identity,
+    normalise_precision,
     resolve_model,
     resolve_precision,
 )
@@ -44,7 +46,11 @@ class BgeEmbeddingsConfig(StageConfig):
     )
     normalize: bool = True
     device: str = "auto"
-    dtype: DType = "auto"
+    precision: PrecisionSetting = Field(
+        "auto",
+        description="auto = fp16 on a GPU, bf16 on a CPU with bf16 matrix instructions, else fp32; "
+        "int8 = ONNX Runtime, dynamically quantised (extra `onnx`). `dtype` is read as its old name.",
+    )
     batch_size: int = Field(32, gt=0)
     max_seq_length: int | None = Field(None, gt=0, description="Tokens; null keeps the model's own limit.")
     trust_remote_code: bool = False
@@ -53,6 +59,16 @@ class BgeEmbeddingsConfig(StageConfig):
         True, description="Keep passage vectors on disk (next to a persistent index) so re-runs do not re-embed."
     )
     show_progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        return migrate_dtype(data, "embeddings")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        return normalise_precision(value)
 
 
 class BgeEmbeddings(Embeddings):
@@ -87,9 +103,9 @@ class BgeEmbeddings(Embeddings):
 
     @property
     def precision(self) -> Precision:
-        """Device and dtype as the config decides them (fp16 only on a GPU)."""
+        """Device and precision as the config and the hardware decide them (see models/precision.py)."""
         if self._precision is None:
-            self._precision = resolve_precision(self.config.device, self.config.dtype, "embeddings")
+            self._precision = resolve_precision(self.config.device, self.config.precision, "embeddings")
         return self._precision
 
     @property
@@ -173,8 +189,11 @@ class BgeEmbeddings(Embeddings):
     def cache_identity(self) -> dict[str, Any]:
         """What decides a passage's vector: the fingerprint plus the settings that change vectors
         without making them incomparable (truncation length, precision). The embedding cache is
-        keyed by this, so an A/B of ``max_seq_length`` or ``dtype`` never reuses the other's vectors.
-        The dtype is the configured one, not read back from weights (an ONNX or int8 backend has none)."""
+        keyed by this, so an A/B of ``max_seq_length`` or ``precision`` never reuses the other's vectors.
+        The precision is the resolved one, not read back from weights (the int8 backend has none).
+        The fingerprint leaves precision out on purpose: bf16/fp16 vectors are within 0.999 cosine of
+        fp32 (tests/embeddings/test_precision_vectors.py), so an index built in one serves queries
+        embedded in another; int8 warns at load when its measured tolerance is worse."""
         return {
             **self.fingerprint(),
             "max_seq_length": self.max_seq_length,
@@ -185,13 +204,17 @@ class BgeEmbeddings(Embeddings):
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self.client.encode(
+        vectors = self.client.encode(
             list(texts),
             batch_size=self.config.batch_size,
             normalize_embeddings=self.config.normalize,
             show_progress_bar=self.config.show_progress if show_progress is None else show_progress,
             convert_to_numpy=True,
         ).astype(np.float32, copy=False)
+        if self.config.normalize and self.precision.dtype in ("bfloat16", "float16"):
+            # Normalised in 16 bits the norms are off by up to ~0.5%; unit length again in fp32.
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Passages are embedded as they are: the BGE instruction is for queries only."""

@@ -4,7 +4,15 @@ third-party libraries only, never config, registry or the stages that use it."""
 
 from .identity import model_identity
 from .loading import load_bge_m3, load_bi_encoder, load_cross_encoder, load_tokenizer
-from .precision import DType, Precision, resolve_precision
+from .precision import (
+    DType,
+    Precision,
+    PrecisionSetting,
+    describe_precision,
+    migrate_dtype,
+    normalise_precision,
+    resolve_precision,
+)
 from .resolution import (
     BGE_EN_INSTRUCTION,
     BGE_ZH_INSTRUCTION,
@@ -19,13 +27,17 @@ __all__ = [
     "BGE_ZH_INSTRUCTION",
     "DType",
     "Precision",
+    "PrecisionSetting",
     "ResolvedModel",
     "default_query_instruction",
+    "describe_precision",
     "load_bge_m3",
     "load_bi_encoder",
     "load_cross_encoder",
     "load_tokenizer",
+    "migrate_dtype",
     "model_identity",
+    "normalise_precision",
     "remedy_for",
     "resolve_model",
     "resolve_precision",

@@ -205,9 +205,14 @@ def _load_shared(
         }
         try:
             with library_progress(show_progress):
-                return build(source, options)
+                model = build(source, options)
         except (OSError, ValueError) as exc:  # missing files; a folder that is not a model
             raise _not_available(what, resolved, exc) from None
+        if precision.is_int8:
+            from .onnx_int8 import to_int8
+
+            model = to_int8(model, kind=kind, identity=identity, what=what)
+        return model
 
     return _shared(key, load)
 

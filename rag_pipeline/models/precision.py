@@ -1,32 +1,117 @@
 """Device and precision, decided from the config alone.
 
 The embedder and the reranker both ask for a ``Precision`` before loading. Because it is worked
-out from the configured ``device``/``dtype`` (and whether a GPU is present), the embedding cache
-key and the handle cache know the precision without reading it back from loaded torch weights,
-which an ONNX or int8 backend would not have.
+out from the configured ``device``/``precision`` (whether a GPU is present, whether the CPU has
+native bf16 matrix instructions), the embedding cache key and the handle cache know the precision
+without reading it back from loaded weights, which the int8 ONNX Runtime backend does not have.
+
+``precision: auto`` picks the fastest precision whose vectors stay interchangeable with fp32:
+fp16 on a GPU; bf16 on a CPU with bf16 matrix instructions (AVX512-BF16 or AMX), where oneDNN runs
+bf16 GEMMs several times faster than fp32 (benchmarks/results/precision.md); fp32 elsewhere, where
+bf16 is emulated and slower than fp32.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from dataclasses import dataclass
-from typing import Literal
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DType = Literal["auto", "float32", "float16", "bfloat16"]
+PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]  # the older ``dtype`` key's values
+
+# ``dtype`` (the old key) and torch's names are accepted wherever a precision is.
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_ENV = "RAG_PIPELINE_CPU_BF16"
 
 
 @dataclass(frozen=True)
 class Precision:
     device: str  # "cpu", "cuda", "cuda:1", "mps", ...
-    dtype: Literal["float32", "float16", "bfloat16"]
+    # torch's name for the weights' dtype, or "int8" for the ONNX Runtime backend. This (not the
+    # short name) goes into the embedding cache key, so caches written before ``precision`` existed
+    # stay valid.
+    dtype: Literal["float32", "float16", "bfloat16", "int8"]
+    reason: str = field(default="", compare=False)
+
+    @property
+    def name(self) -> str:
+        return {v: k for k, v in _TORCH_NAMES.items()}[self.dtype]
+
+    @property
+    def is_int8(self) -> bool:
+        return self.dtype == "int8"
 
     @property
     def torch_dtype(self):
+        """The dtype torch loads the weights in; int8 exports from the fp32 weights."""
         import torch
 
-        return getattr(torch, self.dtype)
+        return torch.float32 if self.is_int8 else getattr(torch, self.dtype)
+
+
+def normalise_precision(value: Any) -> Any:
+    """``float32``/``bfloat16``/``float16`` (the ``dtype`` spellings) as ``fp32``/``bf16``/``fp16``."""
+    return _ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+def migrate_dtype(data: Any, section: str) -> Any:
+    """A config section's ``dtype`` (the key before ``precision``) read as ``precision``."""
+    if not isinstance(data, dict) or "dtype" not in data:
+        return data
+    data = dict(data)
+    dtype = normalise_precision(data.pop("dtype"))
+    if dtype is None:
+        return data
+    current = normalise_precision(data.get("precision"))
+    if current is not None and current != dtype:
+        raise ConfigError(
+            f"{section}.dtype ({dtype}) and {section}.precision ({current}) disagree; "
+            f"keep only {section}.precision (dtype is its old name)"
+        )
+    data["precision"] = dtype
+    return data
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 matrices natively, and the evidence (for ``config show``).
+
+    ``RAG_PIPELINE_CPU_BF16=0`` (or ``1``) overrides the detection, so that ``auto`` gives the same
+    precision on every machine (the test suite sets 0: its reference comparisons are fp32).
+    """
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1", f"{CPU_BF16_ENV}={override}"
+    return cpu_flags_bf16_support("/proc/cpuinfo")
+
+
+@lru_cache(maxsize=4)
+def cpu_flags_bf16_support(cpuinfo: str) -> tuple[bool, str]:
+    """The flags are what oneDNN dispatches on; ``torch.backends.cpu.get_cpu_capability()`` only
+    says "AVX512" whether or not the bf16 extension is there."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False, f"{cpuinfo} not readable"
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            break
+    found = [f for f in _CPU_BF16_FLAGS if f in flags]
+    if found:
+        return True, f"CPU has {'/'.join(found)}"
+    return False, "CPU lacks amx_bf16/avx512_bf16"
 
 
 def resolve_device(device: str) -> str:
@@ -37,18 +122,51 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_precision(device: str, dtype: DType, what: str) -> Precision:
-    """fp16 only on a GPU: on a CPU half precision is slow and loses accuracy for nothing.
+def onnx_runtime_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
 
-    ``what`` is the config section (``embeddings``, ``reranker``) named in the warning.
-    """
+
+def resolve_precision(device: str, precision: str, what: str) -> Precision:
+    """The precision a stage runs in; a request this device cannot serve falls back with a
+    one-line warning. ``what`` is the config section (``embeddings``, ``reranker``)."""
+    requested = normalise_precision(precision)
     resolved_device = resolve_device(device)
     on_cuda = resolved_device.startswith("cuda")
-    if dtype == "auto":
-        return Precision(resolved_device, "float16" if on_cuda else "float32")
-    if dtype == "float16" and not on_cuda:
-        logger.warning(
-            "%s.dtype is float16 but the device is %s; using float32 (fp16 only on a GPU)", what, resolved_device
-        )
-        return Precision(resolved_device, "float32")
-    return Precision(resolved_device, dtype)
+    on_cpu = resolved_device == "cpu"
+
+    def fallback(to: str, why: str) -> Precision:
+        logger.warning("%s.precision is %s but %s; using %s", what, requested, why, to)
+        return Precision(resolved_device, _TORCH_NAMES[to], f"{requested} asked, but {why}")
+
+    if requested == "auto":
+        if on_cuda:
+            return Precision(resolved_device, "float16", "auto: GPU")
+        if on_cpu:
+            has_bf16, evidence = cpu_bf16_support()
+            return Precision(resolved_device, "bfloat16" if has_bf16 else "float32", f"auto: {evidence}")
+        return Precision(resolved_device, "float32", f"auto: {resolved_device} is neither a GPU nor a CPU")
+    if requested == "fp16" and not on_cuda:
+        return fallback("fp32", f"the device is {resolved_device} (fp16 only on a GPU)")
+    if requested == "bf16" and on_cpu:
+        has_bf16, evidence = cpu_bf16_support()
+        if not has_bf16:
+            return fallback("fp32", f"the {evidence} (bf16 would be emulated, slower than fp32)")
+        return Precision(resolved_device, "bfloat16", f"asked; {evidence}")
+    if requested == "int8":
+        if not on_cpu:
+            return fallback("fp16" if on_cuda else "fp32", f"the device is {resolved_device} (int8 runs on ONNX Runtime's CPU kernels)")
+        if not onnx_runtime_installed():
+            raise ConfigError(
+                f"{what}.precision is int8 but onnx/onnxruntime/onnxscript are not installed; "
+                "pip install 'rag-pipeline[onnx]' or choose another precision"
+            )
+        return Precision(resolved_device, "int8", "asked; ONNX Runtime, dynamically quantised")
+    if requested not in _TORCH_NAMES:
+        raise ConfigError(f"{what}.precision: {precision!r} is not one of auto, fp32, bf16, fp16, int8")
+    return Precision(resolved_device, _TORCH_NAMES[requested], "asked")
+
+
+def describe_precision(device: str, precision: str, what: str) -> str:
+    """One line for ``config show``: what ``precision`` becomes here, and why."""
+    resolved = resolve_precision(device, precision, what)
+    return f"{what}.precision: {normalise_precision(precision)} -> {resolved.name} on {resolved.device} ({resolved.reason})"

@@ -12,10 +12,20 @@ from typing import Any, Literal, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..stage_config import ModelReference, StageConfig
-from ..models import DType, Precision, ResolvedModel, load_cross_encoder, model_identity, resolve_model, resolve_precision
+from ..models import (
+    Precision,
+    PrecisionSetting,
+    ResolvedModel,
+    load_cross_encoder,
+    migrate_dtype,
+    model_identity,
+    normalise_precision,
+    resolve_model,
+    resolve_precision,
+)
 from ..registry import register
 
 
@@ -34,13 +44,25 @@ class BgeRerankerConfig(StageConfig):
     batch_size: int = Field(32, gt=0)
     normalize: bool = Field(False, description="Map scores to 0..1 with a sigmoid.")
     device: str = "auto"
-    dtype: DType = "auto"
+    precision: PrecisionSetting = Field(
+        "auto", description="As embeddings.precision: auto | fp32 | bf16 | fp16 | int8 (`dtype` is its old name)."
+    )
     trust_remote_code: bool = False
     blend: float = Field(
         0.0, ge=0.0, le=1.0,
         description="Weight on the first stage's score, both min-max normalised over the candidates; 0 = pure rerank. "
         "Choose it on a dev split (benchmarks/finetune_scifact.py).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        return migrate_dtype(data, "reranker")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        return normalise_precision(value)
 
 
 class BgeReranker(BaseDocumentCompressor):
@@ -54,7 +76,7 @@ class BgeReranker(BaseDocumentCompressor):
     batch_size: int = 32
     normalize: bool = False
     device: str = "auto"
-    dtype: DType = "auto"
+    precision: PrecisionSetting = "auto"
     trust_remote_code: bool = False
     blend: float = 0.0
     # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
@@ -62,6 +84,16 @@ class BgeReranker(BaseDocumentCompressor):
     # every other reranker on the same files in this process. Entries are keyed by the fields they
     # depend on, so a copy with another model or max_length does not reuse the original's.
     _loaded: dict[tuple, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        return migrate_dtype(data, "reranker")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        return normalise_precision(value)
 
     @property
     def resolved(self) -> ResolvedModel:
@@ -79,16 +111,17 @@ class BgeReranker(BaseDocumentCompressor):
         return self._loaded[key]
 
     @property
-    def precision(self) -> Precision:
-        return resolve_precision(self.device, self.dtype, "reranker")
+    def resolved_precision(self) -> Precision:
+        """What ``precision`` becomes on this machine (``auto`` decided, fallbacks applied)."""
+        return resolve_precision(self.device, self.precision, "reranker")
 
     @property
     def cross_encoder(self):
-        key = ("model", self.model, self.device, self.dtype, self.max_length, self.trust_remote_code)
+        key = ("model", self.model, self.device, self.precision, self.max_length, self.trust_remote_code)
         if key not in self._loaded:
             self._loaded[key] = load_cross_encoder(
                 self.resolved,
-                self.precision,
+                self.resolved_precision,
                 identity=self.identity,
                 max_length=self.max_length,
                 trust_remote_code=self.trust_remote_code,
