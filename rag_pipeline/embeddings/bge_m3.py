@@ -64,6 +64,15 @@ class BgeM3EmbeddingsConfig(BgeEmbeddingsConfig):
         DEFAULT_MAX_LENGTH, gt=0, description="Tokens per passage and query (bge-m3 allows 8192)."
     )
 
+    @field_validator("precision")
+    @classmethod
+    def _no_int8(cls, value: Any) -> Any:
+        # the int8 path swaps a sentence-transformers model's transformer for ONNX Runtime;
+        # BGEM3FlagModel is not one, and its sparse and ColBERT heads would stay fp32 anyway
+        if value == "int8":
+            raise ValueError("bge-m3 runs in fp32, bf16 or fp16 (auto picks); int8 is offered for the bge type only")
+        return value
+
     @field_validator("query_instruction")
     @classmethod
     def _no_instruction(cls, value: str | None) -> str | None:

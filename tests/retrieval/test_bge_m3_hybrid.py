@@ -251,3 +251,12 @@ def test_reindex_gives_all_three_stores_a_new_generation(corpus, tmp_path, tiny_
     assert fresh.lexical.ids() == fresh.store.ids() and len(fresh.store.ids()) == 4
     after = fresh.as_retriever().invoke("honey bees")
     assert [(d.id, round(d.metadata["score"], 4)) for d in after] == [(d.id, round(d.metadata["score"], 4)) for d in before]
+
+
+def test_int8_is_refused_for_bge_m3_in_one_line():
+    from pathlib import Path
+
+    from rag_pipeline.config import validate_config
+
+    with pytest.raises(ConfigError, match=r"embeddings.precision.*int8 is offered for the bge type only"):
+        validate_config({"loader": {"path": "."}, "embeddings": {"type": "bge-m3", "precision": "int8"}}, Path("."))
