@@ -47,4 +47,4 @@ def test_optional_features_are_extras_not_base_requirements(wheel):
     assert any(r.startswith("pytrec-eval-terrier") and 'extra == "eval"' in r for r in requires)
     # the test extra pulls in every optional feature the suite tests
     (own,) = [r for r in requires if r.startswith("rag-pipeline[") and 'extra == "test"' in r]
-    assert {"eval", "serve", "m3", "faiss"} <= set(own[len("rag-pipeline["):own.index("]")].split(","))
+    assert {"eval", "serve", "m3", "faiss", "finetune", "onnx"} <= set(own[len("rag-pipeline["):own.index("]")].split(","))
