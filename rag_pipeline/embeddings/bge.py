@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from ..stage_config import ConfigPath, ModelReference, StageConfig
 from ..models import (
@@ -22,9 +22,8 @@ from ..models import (
     default_query_instruction,
     load_bi_encoder,
     load_tokenizer,
-    migrate_dtype,
+    ReadsPrecisionAliases,
     model_identity,
-    normalise_precision,
     resolve_model,
     resolve_precision,
 )
@@ -36,7 +35,7 @@ def build_bge_embeddings(config: "BgeEmbeddingsConfig") -> "BgeEmbeddings":
 
 
 @register("embeddings", "bge", build_bge_embeddings)
-class BgeEmbeddingsConfig(StageConfig):
+class BgeEmbeddingsConfig(ReadsPrecisionAliases, StageConfig):
     """A bi-encoder: hub id, local folder, or ``package:<name>`` for a model shipped in a package."""
 
     type: Literal["bge"] = "bge"
@@ -60,15 +59,6 @@ class BgeEmbeddingsConfig(StageConfig):
     )
     show_progress: bool = True
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dtype_is_precision(cls, data: Any) -> Any:
-        return migrate_dtype(data, "embeddings")
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_aliases(cls, value: Any) -> Any:
-        return normalise_precision(value)
 
 
 class BgeEmbeddings(Embeddings):

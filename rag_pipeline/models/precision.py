@@ -19,7 +19,9 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, field_validator, model_validator
 
 from ..errors import ConfigError
 
@@ -81,6 +83,24 @@ def migrate_dtype(data: Any, section: str) -> Any:
         )
     data["precision"] = dtype
     return data
+
+
+class ReadsPrecisionAliases(BaseModel):
+    """Mixin for a pydantic model with a ``precision`` field: the old ``dtype`` key and torch's
+    spellings (``bfloat16`` ...) are read as ``precision``; ``precision_section`` names the config
+    section in the error when both keys are given and disagree."""
+
+    precision_section: ClassVar[str] = "embeddings"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        return migrate_dtype(data, cls.precision_section)
+
+    @field_validator("precision", mode="before", check_fields=False)
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        return normalise_precision(value)
 
 
 def cpu_bf16_support() -> tuple[bool, str]:

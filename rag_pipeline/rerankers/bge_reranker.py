@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from ..stage_config import ModelReference, StageConfig
 from ..models import (
@@ -20,9 +20,8 @@ from ..models import (
     PrecisionSetting,
     ResolvedModel,
     load_cross_encoder,
-    migrate_dtype,
+    ReadsPrecisionAliases,
     model_identity,
-    normalise_precision,
     resolve_model,
     resolve_precision,
 )
@@ -34,8 +33,10 @@ def build_bge_reranker(config: "BgeRerankerConfig") -> "BgeReranker":
 
 
 @register("reranker", "bge-reranker", build_bge_reranker)
-class BgeRerankerConfig(StageConfig):
+class BgeRerankerConfig(ReadsPrecisionAliases, StageConfig):
     """A cross-encoder reranker: hub id (``BAAI/bge-reranker-base``), local folder or ``package:``."""
+
+    precision_section = "reranker"
 
     type: Literal["bge-reranker"] = "bge-reranker"
     model: ModelReference = "BAAI/bge-reranker-base"
@@ -54,19 +55,12 @@ class BgeRerankerConfig(StageConfig):
         "Choose it on a dev split (benchmarks/finetune_scifact.py).",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dtype_is_precision(cls, data: Any) -> Any:
-        return migrate_dtype(data, "reranker")
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_aliases(cls, value: Any) -> Any:
-        return normalise_precision(value)
 
 
-class BgeReranker(BaseDocumentCompressor):
+class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
     """Rerank documents with a BGE cross-encoder (via sentence-transformers' ``CrossEncoder``)."""
+
+    precision_section = "reranker"
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
@@ -85,15 +79,6 @@ class BgeReranker(BaseDocumentCompressor):
     # depend on, so a copy with another model or max_length does not reuse the original's.
     _loaded: dict[tuple, Any] = PrivateAttr(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dtype_is_precision(cls, data: Any) -> Any:
-        return migrate_dtype(data, "reranker")
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_aliases(cls, value: Any) -> Any:
-        return normalise_precision(value)
 
     @property
     def resolved(self) -> ResolvedModel:

@@ -34,6 +34,7 @@ from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, fir
 from ..metadata import safe_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
+from .shared import batches, fingerprint_text
 from .scores import similarity
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -111,15 +112,6 @@ class ChromaStoreConfig(StageConfig):
                 value = f"Bearer {value}"
             headers[header] = value
         return headers
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _fingerprint_text(fingerprint: dict[str, Any]) -> str:
-    return json.dumps(fingerprint, sort_keys=True, ensure_ascii=False)
 
 
 class ChromaStore:
@@ -250,7 +242,7 @@ class ChromaStore:
             # must never fall back to downloading its own default model.
             return self.client.create_collection(
                 self.collection_name,
-                metadata={"hnsw:space": self.config.distance, FINGERPRINT_KEY: _fingerprint_text(expected)},
+                metadata={"hnsw:space": self.config.distance, FINGERPRINT_KEY: fingerprint_text(expected)},
                 embedding_function=None,
             )
         collection = self.client.get_collection(self.collection_name, embedding_function=None)
@@ -263,7 +255,7 @@ class ChromaStore:
                     f"collection {self.collection_name!r} in {self.location} was not built by "
                     "rag-pipeline (no embedding fingerprint); use another vectorstore.collection"
                 )
-            metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: _fingerprint_text(expected)}
+            metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: fingerprint_text(expected)}
             metadata.pop("hnsw:space", None)  # the distance cannot be modified after creation
             collection.modify(metadata=metadata)
             return collection
@@ -299,7 +291,7 @@ class ChromaStore:
             "`rag-pipeline reindex CONFIG`", self.collection_name, stored.get("model"),
         )
         adopted = {**stored, "identity": expected["identity"]}
-        metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: _fingerprint_text(adopted)}
+        metadata = {**(collection.metadata or {}), FINGERPRINT_KEY: fingerprint_text(adopted)}
         metadata.pop("hnsw:space", None)  # fixed at creation; Chroma refuses to modify it
         collection.modify(metadata=metadata)
         return adopted
@@ -351,7 +343,7 @@ class ChromaStore:
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
-        for batch in _batches(list(ids), self.client.get_max_batch_size()):
+        for batch in batches(list(ids), self.client.get_max_batch_size()):
             found.update(self.collection.get(ids=list(batch), include=[])["ids"])
         return found
 
@@ -376,7 +368,7 @@ class ChromaStore:
             )
 
     def delete(self, ids: Sequence[str]) -> None:
-        for batch in _batches(list(ids), self.max_batch_size):
+        for batch in batches(list(ids), self.max_batch_size):
             self.collection.delete(ids=list(batch))
 
     def ids(self, where: dict[str, Any] | None = None) -> set[str]:
@@ -456,7 +448,7 @@ class ChromaStore:
     def documents(self, ids: Sequence[str]) -> list[Document]:
         """The stored chunks, in ``ids`` order (read back page by page)."""
         found: dict[str, Document] = {}
-        for part in _batches(list(ids), self.max_batch_size):
+        for part in batches(list(ids), self.max_batch_size):
             got = self._read(lambda c: c.get(ids=list(part), include=["documents", "metadatas"]))
             for identifier, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
                 found[identifier] = Document(page_content=text or "", metadata=dict(metadata or {}), id=identifier)
@@ -468,7 +460,7 @@ class ChromaStore:
         which was built with the previous model."""
         found: dict[str, Document] = {}
         source = self.client.get_collection(collection, embedding_function=None)
-        for part in _batches(list(ids), self.max_batch_size):
+        for part in batches(list(ids), self.max_batch_size):
             got = source.get(ids=list(part), include=["documents", "metadatas"])
             for identifier, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
                 found[identifier] = Document(page_content=text or "", metadata=dict(metadata or {}), id=identifier)
@@ -477,7 +469,7 @@ class ChromaStore:
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors, in ``ids`` order (read back page by page)."""
         rows: dict[str, np.ndarray] = {}
-        for part in _batches(list(ids), self.max_batch_size):
+        for part in batches(list(ids), self.max_batch_size):
             got = self._read(lambda c: c.get(ids=list(part), include=["embeddings"]))
             rows.update(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
         dimension = len(next(iter(rows.values()))) if rows else 0

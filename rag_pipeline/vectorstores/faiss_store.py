@@ -44,6 +44,7 @@ from ..errors import ConfigError, IndexMismatchError, first_line
 from ..metadata import matches, safe_metadata
 from ..registry import register
 from ..stage_config import ConfigPath, StageConfig
+from .shared import batches, fingerprint_text
 from .scores import normalized, similarity
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class _ChunkTable:
     def faiss_ids(self, ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         with self._lock:
-            for part in _batches(list(ids), 500):
+            for part in batches(list(ids), 500):
                 marks = ",".join("?" * len(part))
                 found.update(self._connection.execute(f"SELECT id, faiss_id FROM chunks WHERE id IN ({marks})", part))
         return found
@@ -161,7 +162,7 @@ class _ChunkTable:
             if where_ids is None:
                 return self._connection.execute(f"SELECT {columns} FROM chunks ORDER BY faiss_id").fetchall()
             found = []
-            for part in _batches(list(where_ids), 500):
+            for part in batches(list(where_ids), 500):
                 marks = ",".join("?" * len(part))
                 found += self._connection.execute(f"SELECT {columns} FROM chunks WHERE {key} IN ({marks})", part).fetchall()
             return found
@@ -186,15 +187,6 @@ class _ChunkTable:
         chosen = np.random.default_rng(seed).choice(ids, size=min(size, total), replace=False) if total else []
         rows = self.rows("vector", [int(i) for i in chosen], key="faiss_id")
         return np.vstack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _fingerprint_text(fingerprint: dict[str, Any]) -> str:
-    return json.dumps(fingerprint, sort_keys=True, ensure_ascii=False)
 
 
 class FaissStore:
@@ -319,7 +311,7 @@ class FaissStore:
         table = self._table(create=True)
         self.check()
         if table.meta("fingerprint") is None:
-            table.set_meta("fingerprint", _fingerprint_text(self.embeddings.fingerprint()))
+            table.set_meta("fingerprint", fingerprint_text(self.embeddings.fingerprint()))
             table.set_meta("distance", self.config.distance)
         return table
 
