@@ -34,7 +34,7 @@ from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, fir
 from ..metadata import safe_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
-from .shared import batches, fingerprint_text
+from .shared import batches, fingerprint_mismatch, fingerprint_text
 from .scores import similarity
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
@@ -265,18 +265,9 @@ class ChromaStore:
         expected = self.embeddings.fingerprint(load_model=False)
         if "identity" not in stored and "identity" in expected:
             stored = self._adopt_legacy_fingerprint(collection, stored, expected)
-        if any(stored.get(key) != value for key, value in expected.items()):
-            differences = ", ".join(
-                f"{key}: index has {stored.get(key)!r}, config gives {expected.get(key)!r}"
-                for key in sorted(expected)
-                if stored.get(key) != expected.get(key)
-            )
-            raise IndexMismatchError(
-                f"collection {self.config.collection!r} was built with another embedding setup ({differences}); "
-                "vectors of different models cannot be mixed: run `rag-pipeline reindex CONFIG` to re-embed the "
-                "corpus with the configured model (the current index serves until the new one is complete), "
-                "or set vectorstore.collection to a new name"
-            )
+        mismatch = fingerprint_mismatch(self.config.collection, stored, expected)
+        if mismatch is not None:
+            raise mismatch
         return collection
 
     def _adopt_legacy_fingerprint(self, collection, stored: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:

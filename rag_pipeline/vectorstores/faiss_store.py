@@ -44,7 +44,7 @@ from ..errors import ConfigError, IndexMismatchError, first_line
 from ..metadata import matches, safe_metadata
 from ..registry import register
 from ..stage_config import ConfigPath, StageConfig
-from .shared import batches, fingerprint_text
+from .shared import batches, fingerprint_mismatch, fingerprint_text
 from .scores import normalized, similarity
 
 logger = logging.getLogger(__name__)
@@ -287,17 +287,9 @@ class FaissStore:
         if stored_text is not None:
             stored = json.loads(stored_text)
             expected = self.embeddings.fingerprint(load_model=False)
-            if any(stored.get(key) != value for key, value in expected.items()):
-                differences = ", ".join(
-                    f"{key}: index has {stored.get(key)!r}, config gives {expected.get(key)!r}"
-                    for key in sorted(expected)
-                    if stored.get(key) != expected.get(key)
-                )
-                raise IndexMismatchError(
-                    f"collection {self.config.collection!r} was built with another embedding setup ({differences}); "
-                    "vectors of different models cannot be mixed: run `rag-pipeline reindex CONFIG` to re-embed the "
-                    "corpus with the configured model, or set vectorstore.collection to a new name"
-                )
+            mismatch = fingerprint_mismatch(self.config.collection, stored, expected)
+            if mismatch is not None:
+                raise mismatch
         distance = table.meta("distance")
         if distance is not None and distance != self.config.distance:
             raise IndexMismatchError(
