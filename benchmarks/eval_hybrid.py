@@ -166,6 +166,21 @@ def latency(dataset: Path, index: Path, repeats: int = 1) -> dict:
             "mean_ms": statistics.fmean(times),
         }
         print(f"latency {label}: p50 {results[label]['p50_ms']:.1f} ms, p95 {results[label]['p95_ms']:.1f} ms", flush=True)
+    # the query embedding alone (the last pipeline's model, already warm): its share of a dense query
+    embed_times = []
+    for query in queries:
+        started = time.perf_counter()
+        pipe.embeddings.embed_query(query)
+        embed_times.append(1000 * (time.perf_counter() - started))
+    embed_times.sort()
+    results["query embedding only"] = {
+        "queries": len(embed_times),
+        "p50_ms": statistics.median(embed_times),
+        "p95_ms": embed_times[int(0.95 * (len(embed_times) - 1))],
+        "mean_ms": statistics.fmean(embed_times),
+        "precision": pipe.embeddings.precision.name,
+    }
+    print(f"latency query embedding only: p50 {results['query embedding only']['p50_ms']:.1f} ms", flush=True)
     import torch
 
     results["torch_threads"] = torch.get_num_threads()
@@ -307,7 +322,8 @@ def markdown(results: dict, command: str) -> str:
         lines += [
             "",
             f"{lat['hybrid (convex)']['queries']} test queries, after 20 warm-up queries; torch threads "
-            f"{lat['torch_threads']}, load average {lat['load_average']:.2f} at the end (the machine is shared).",
+            f"{lat['torch_threads']}, load average {lat['load_average']:.2f} at the end (the machine is shared)"
+            + (f"; query embedding in {lat['query embedding only']['precision']} (`precision: auto`)." if "query embedding only" in lat else "."),
             "",
         ]
     cost = results.get("bm25")
