@@ -32,7 +32,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import bm25s
 import bm25s.stopwords
@@ -320,6 +320,20 @@ class BM25Index:
         """Top-``k`` chunks per query by BM25, best first, ``metadata['score']`` set. Only chunks
         that share a term with the query are hits (a score of 0 is no match, not a weak one);
         ties are broken by id, descending, as trec_eval breaks them."""
+        return self._search(queries, k, where, with_text, self.tokenize, _bm25_scores)
+
+    def _search(
+        self,
+        queries: Sequence[Any],
+        k: int,
+        where: Any,
+        with_text: bool,
+        encode: Callable[[Sequence[Any]], Iterable[Any]],
+        score: Callable[[Any, Any], Any],
+    ) -> list[list[Document]]:
+        """The search every lexical index of this kind runs: ``encode`` turns the queries into what
+        ``score(model, encoded)`` scores against every chunk (None: no term matches); chunks outside
+        ``where`` score 0, and only positive scores are hits."""
         self.refresh_if_changed()
         store = self._store()
         if store is None:
@@ -329,12 +343,12 @@ class BM25Index:
             return [[] for _ in queries]
         mask = self._mask(built, store, where) if where is not None else None
         hits: list[list[tuple[str, float]]] = []
-        for tokens in self.tokenize(queries):
-            token_ids = built.model.get_tokens_ids(tokens)
-            if not token_ids:
+        for encoded in encode(queries):
+            scores = score(built.model, encoded)
+            if scores is None:
                 hits.append([])
                 continue
-            scores = np.asarray(built.model.get_scores_from_ids(token_ids), dtype=np.float64)
+            scores = np.asarray(scores, dtype=np.float64)
             if mask is not None:
                 scores = np.where(mask, scores, 0.0)
             hits.append(_top(scores, built.ids, k))
@@ -419,6 +433,11 @@ class BM25Index:
             keep = self.ids(where)
             self._mask_cache[cache_key] = np.fromiter((i in keep for i in built.ids), dtype=bool, count=len(built.ids))
         return self._mask_cache[cache_key]
+
+
+def _bm25_scores(model: Any, tokens: list[str]) -> Any:
+    token_ids = model.get_tokens_ids(tokens)
+    return model.get_scores_from_ids(token_ids) if token_ids else None
 
 
 def _top(scores: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:

@@ -33,11 +33,10 @@ import numpy as np
 import scipy.sparse
 from langchain_core.documents import Document
 
-from ..contracts import with_score
 from ..errors import ConfigError
 from ..registry import register
 from ..stage_config import StageConfig
-from .bm25 import BM25Index, _Built, _TextStore, _top
+from .bm25 import BM25Index, _Built, _TextStore
 
 FORMAT_VERSION = "m3-sparse-1"  # names the in-memory matrices; bump when the stored layout changes
 
@@ -178,22 +177,7 @@ class M3SparseIndex(BM25Index):
         self, queries: Sequence[dict[int, float]], k: int, where: Any = None, *, with_text: bool = True
     ) -> list[list[Document]]:
         """As :meth:`search_batch_text`, for queries already encoded (token id -> weight)."""
-        self.refresh_if_changed()
-        store = self._store()
-        if store is None:
-            return [[] for _ in queries]
-        built = self._current()
-        if built.model is None:
-            return [[] for _ in queries]
-        mask = self._mask(built, store, where) if where is not None else None
-        hits = []
-        for weights in queries:
-            scores = built.model @ _query_vector(weights, built.model.shape[1])
-            if mask is not None:
-                scores = np.where(mask, scores, 0.0)
-            hits.append(_top(np.asarray(scores, dtype=np.float64), built.ids, k))
-        found = store.documents([i for row in hits for i, _ in row], with_text=with_text)
-        return [[with_score(found[i], score) for i, score in row if i in found] for row in hits]
+        return self._search(queries, k, where, with_text, list, lambda model, weights: model @ _query_vector(weights, model.shape[1]))
 
     def sparse_scores(self, weights: dict[int, float], ids: Sequence[str]) -> np.ndarray:
         """The lexical matching score of one query with each of ``ids`` (0 for a chunk not held)."""
