@@ -28,19 +28,23 @@ CORPUS = {
 }
 
 
+def _ingested_water(tmp_path_factory, name: str, model: str, **sections) -> dict:
+    """A config over CORPUS, ingested once."""
+    corpus = tmp_path_factory.mktemp(f"{name}-corpus")
+    for file_name, text in CORPUS.items():
+        (corpus / file_name).write_text(text + "\n", encoding="utf-8")
+    config = pipeline_config(corpus, tmp_path_factory.mktemp(f"{name}-index"), model, **sections)
+    Pipeline.from_config(config).ingest()
+    return config
+
+
 @pytest.fixture(scope="module")
 def water_index(tmp_path_factory, tiny_reranker_dir) -> dict:
-    corpus = tmp_path_factory.mktemp("water-corpus")
-    for name, text in CORPUS.items():
-        (corpus / name).write_text(text + "\n", encoding="utf-8")
-    config = pipeline_config(
-        corpus,
-        tmp_path_factory.mktemp("water-index"),
-        MINILM,
+    config = _ingested_water(
+        tmp_path_factory, "water", MINILM,
         embeddings={"type": "bge", "model": MINILM, "device": "cpu", "show_progress": False},
         lexical={"type": "bm25"},
     )
-    Pipeline.from_config(config).ingest()
     return {"config": config, "reranker_dir": Path(tiny_reranker_dir)}
 
 
@@ -86,19 +90,12 @@ class TestRerankedRetrieverStandard(_PipelineRetrieverTests):
 
 @pytest.fixture(scope="module")
 def water_index_m3(tmp_path_factory, tiny_bge_m3_dir) -> dict:
-    corpus = tmp_path_factory.mktemp("water-corpus-m3")
-    for name, text in CORPUS.items():
-        (corpus / name).write_text(text + "\n", encoding="utf-8")
-    config = pipeline_config(
-        corpus,
-        tmp_path_factory.mktemp("water-index-m3"),
-        str(tiny_bge_m3_dir),
+    return _ingested_water(
+        tmp_path_factory, "water-m3", str(tiny_bge_m3_dir),
         embeddings={"type": "bge-m3", "model": str(tiny_bge_m3_dir), "show_progress": False},
         lexical={"type": "m3-sparse"},
         retriever={"type": "bge-m3", "k": 4},
     )
-    Pipeline.from_config(config).ingest()
-    return config
 
 
 class TestBgeM3RetrieverStandard(RetrieversIntegrationTests):
