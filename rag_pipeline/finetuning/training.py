@@ -23,6 +23,7 @@ same data and steps (benchmarks/results/finetune-scifact.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import sys
@@ -45,6 +46,7 @@ CHECKPOINTS = "checkpoints"
 
 EmbedderLoss = Literal["mnrl", "cached-mnrl"]
 RerankerLoss = Literal["listwise", "bce", "margin-mse"]
+RerankerHead = Literal["auto", "cls", "mean"]
 
 
 @dataclass
@@ -236,10 +238,17 @@ def train_reranker(
     settings: TrainingSettings | None = None,
     *,
     loss: RerankerLoss = "listwise",
+    head: RerankerHead = "auto",
 ) -> TrainingResult:
     """A one-logit cross-encoder over (query, passage): from a cross-encoder, or from a
     bi-encoder's encoder weights (a new head on top). Queries go in without the embedder's
-    instruction: the reranker is not asked to find the query's kind, only to compare."""
+    instruction: the reranker is not asked to find the query's kind, only to compare.
+
+    ``head``: what the new logit reads. ``cls`` is BERT's sequence-classification head over the
+    [CLS] state; ``mean`` is a linear layer over the mean of the token states. ``auto`` takes the
+    pooling the base was trained with: ``mean`` for a mean-pooling bi-encoder such as
+    all-MiniLM-L6-v2 (its [CLS] state barely changes between inputs, module docstring), ``cls``
+    for everything else, a cross-encoder included (its own head is kept)."""
     from datasets import Dataset
     from sentence_transformers import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder import losses
@@ -249,9 +258,8 @@ def train_reranker(
     examples = read_training_file(data)
     resolved = resolve_model(base, what="--base")
     started = time.perf_counter()
-    model = CrossEncoder(
-        resolved.path or resolved.model_id, num_labels=1, max_length=settings.max_length, device="cuda" if _cuda() else "cpu"
-    )
+    head = _reranker_head(resolved.path) if head == "auto" else head
+    model = _cross_encoder(resolved.path or resolved.model_id, head, settings.max_length)
     if loss == "bce":
         columns = _pair_rows(examples, settings.negatives)
         objective = losses.BinaryCrossEntropyLoss(model)
@@ -272,10 +280,51 @@ def train_reranker(
     trainer.train(resume_from_checkpoint=resume_from)
     model.save_pretrained(str(out))
     card = _card(
-        "reranker", base, resolved, data, loss, settings, trainer, time.perf_counter() - started, rows=rows, resumed_from=resume_from
+        "reranker", base, resolved, data, loss, settings, trainer, time.perf_counter() - started, rows=rows,
+        resumed_from=resume_from, head=head,
     )
     write_card(out, card)
     return TrainingResult(out, trainer.state.global_step, card["seconds"], card["peak_rss_mb"], card)
+
+
+def _reranker_head(path: str | None) -> str:
+    """``mean`` when ``path`` is a sentence-transformers bi-encoder that mean-pools, else ``cls``."""
+    if path is None:
+        return "cls"
+    folder = Path(path)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "cls"
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            try:
+                pooling = json.loads((folder / module.get("path", "") / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return "cls"
+            # sentence-transformers 3-5 write one flag per mode; 6 writes ``pooling_mode``
+            if pooling.get("pooling_mode") == "mean" or pooling.get("pooling_mode_mean_tokens"):
+                return "mean"
+    return "cls"
+
+
+def _cross_encoder(reference: str, head: str, max_length: int | None):
+    """A one-logit cross-encoder; for ``mean``, the encoder + mean pooling + a linear layer to one
+    score, saved as modules sentence-transformers' ``CrossEncoder(path)`` loads back by itself."""
+    from sentence_transformers import CrossEncoder
+
+    device = "cuda" if _cuda() else "cpu"
+    if head == "cls":
+        return CrossEncoder(reference, num_labels=1, max_length=max_length, device=device)
+    if head != "mean":
+        raise ConfigError(f"--head: {head!r} is not a reranker head; use auto, cls or mean")
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    encoder = Transformer(reference, transformer_task="feature-extraction", max_seq_length=max_length)
+    width = encoder.model.config.hidden_size
+    score = Dense(width, 1, activation_function=None, module_output_name="scores")
+    return CrossEncoder(modules=[encoder, Pooling(width, "mean"), score], device=device)
 
 
 def _add_lora(model, rank: int) -> None:

@@ -214,6 +214,34 @@ def test_a_reranker_trained_from_encoder_weights_loads_as_reranker_model(tmp_pat
     assert (tmp_path / "reranker" / CARD_FILENAME).is_file()
 
 
+@pytest.mark.parametrize("head", ["auto", "mean"])
+def test_a_reranker_from_a_mean_pooling_encoder_scores_the_mean_token_state(tmp_path, head):
+    """all-MiniLM-L6-v2's [CLS] state barely varies, so from a mean-pooling bi-encoder the new
+    logit reads the mean of the token states (``auto`` picks it from the base's own pooling)."""
+    from rag_pipeline.rerankers.bge_reranker import BgeReranker
+    from sentence_transformers import CrossEncoder
+    from tests.model_factory import build_tiny_bge
+
+    base = build_tiny_bge(tmp_path / "minilm-shaped", pooling_mode="mean")
+    data = write_training_file(toy_examples(), tmp_path / "train.jsonl")
+    result = train_reranker(data, str(base), tmp_path / "reranker", quick(), head=head)
+    assert result.card["head"] == "mean"
+    modules = [type(m).__name__ for m in CrossEncoder(str(tmp_path / "reranker"), device="cpu")]
+    assert modules == ["Transformer", "Pooling", "Dense"]
+    reranker = BgeReranker(model=str(tmp_path / "reranker"))
+    scores = reranker.score("what about bees", ["bees is the answer about bees", "tides is something else"])
+    assert len(scores) == 2 and scores[0] != scores[1]
+
+
+def test_a_reranker_from_a_cls_pooling_encoder_keeps_the_classification_head(tmp_path, tiny_bge_dir):
+    from sentence_transformers import CrossEncoder
+
+    data = write_training_file(toy_examples(), tmp_path / "train.jsonl")
+    result = train_reranker(data, str(tiny_bge_dir), tmp_path / "reranker", quick())
+    assert result.card["head"] == "cls"
+    assert [type(m).__name__ for m in CrossEncoder(str(tmp_path / "reranker"), device="cpu")] == ["Transformer"]
+
+
 def test_the_cli_reports_a_bad_training_file_in_one_line_before_loading_a_model(tmp_path, capsys):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"query": "q", "pos": ["same"], "neg": ["same"]}) + "\n", encoding="utf-8")
