@@ -171,6 +171,10 @@ def _finetune_parser(commands) -> None:
                 "--head", choices=["auto", "cls", "mean"], default="auto",
                 help="what the score reads: [CLS] or the mean token state (auto: the base's own pooling)",
             )
+            train.add_argument(
+                "--in-batch-negatives", type=int, default=4, metavar="N",
+                help="listwise: other queries' passages added to each list (default 4)",
+            )
         _debug_flag(train)
 
 
@@ -448,7 +452,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             query_instruction=args.query_instruction, lora_rank=args.lora,
         )
     else:
-        result = finetuning.train_reranker(args.data, args.base, args.out, settings, loss=args.loss, head=args.head)
+        result = finetuning.train_reranker(args.data, args.base, args.out, settings, loss=args.loss, head=args.head,
+                                               in_batch_negatives=args.in_batch_negatives)
     print(f"wrote {result.out}: {result.steps} steps in {result.seconds:.0f}s, peak memory {result.peak_rss_mb:.0f} MB "
           f"(card: {result.out / finetuning.CARD_FILENAME})")
     return 0

@@ -239,6 +239,7 @@ def train_reranker(
     *,
     loss: RerankerLoss = "listwise",
     head: RerankerHead = "auto",
+    in_batch_negatives: int = 4,
 ) -> TrainingResult:
     """A one-logit cross-encoder over (query, passage): from a cross-encoder, or from a
     bi-encoder's encoder weights (a new head on top). Queries go in without the embedder's
@@ -266,8 +267,10 @@ def train_reranker(
     elif loss == "listwise":
         raw = _rows(examples, settings.negatives)
         columns = {"query": raw.pop("anchor"), **raw}
-        # softmax over the positive, the mined hard negatives and 4 in-batch negatives (the library's default)
-        objective = losses.MultipleNegativesRankingLoss(model)
+        # softmax over the positive, the mined hard negatives and ``in_batch_negatives`` other queries'
+        # passages: those are easy (another topic) and cost a forward pass each, so on a CPU the
+        # hard negatives are the better use of the same compute
+        objective = _listwise_loss(losses, model, in_batch_negatives)
     elif loss == "margin-mse":
         columns = _margin_rows(examples, settings.negatives)
         objective = losses.MarginMSELoss(model)
@@ -281,10 +284,25 @@ def train_reranker(
     model.save_pretrained(str(out))
     card = _card(
         "reranker", base, resolved, data, loss, settings, trainer, time.perf_counter() - started, rows=rows,
-        resumed_from=resume_from, head=head,
+        resumed_from=resume_from, head=head, in_batch_negatives=in_batch_negatives if loss == "listwise" else None,
     )
     write_card(out, card)
     return TrainingResult(out, trainer.state.global_step, card["seconds"], card["peak_rss_mb"], card)
+
+
+def _listwise_loss(losses, model, in_batch_negatives: int):
+    if in_batch_negatives < 0:
+        raise ConfigError(f"--in-batch-negatives: must be 0 or more, got {in_batch_negatives}")
+    if in_batch_negatives > 0:
+        return losses.MultipleNegativesRankingLoss(model, num_negatives=in_batch_negatives)
+
+    class HardNegativesOnly(losses.MultipleNegativesRankingLoss):
+        """The softmax over each query's own list: the library samples at least one in-batch negative."""
+
+        def get_in_batch_negatives(self, anchors, candidates):
+            return iter(())
+
+    return HardNegativesOnly(model)
 
 
 def _reranker_head(path: str | None) -> str:
