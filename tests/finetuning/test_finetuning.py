@@ -233,6 +233,18 @@ def test_a_reranker_from_a_mean_pooling_encoder_scores_the_mean_token_state(tmp_
     assert len(scores) == 2 and scores[0] != scores[1]
 
 
+def test_a_listwise_reranker_can_train_on_each_querys_own_list_only(tmp_path, tiny_bge_dir):
+    data = write_training_file(toy_examples(), tmp_path / "train.jsonl")
+    result = train_reranker(data, str(tiny_bge_dir), tmp_path / "own-lists", quick(), in_batch_negatives=0)
+    assert result.steps == 2 and result.card["in_batch_negatives"] == 0
+    before = _weights(tiny_bge_dir)
+    after = {name.removeprefix("bert."): tensor for name, tensor in _weights(tmp_path / "own-lists").items()}
+    shared = [name for name in before if name in after]
+    assert shared and any(not torch.equal(before[name], after[name]) for name in shared)
+    with pytest.raises(ConfigError, match="--in-batch-negatives"):
+        train_reranker(data, str(tiny_bge_dir), tmp_path / "never", quick(), in_batch_negatives=-1)
+
+
 def test_a_reranker_from_a_cls_pooling_encoder_keeps_the_classification_head(tmp_path, tiny_bge_dir):
     from sentence_transformers import CrossEncoder
 
