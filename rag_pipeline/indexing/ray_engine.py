@@ -132,12 +132,15 @@ class _EmbeddingActor:
         updates = {key: value for key, value in (("device", device), ("precision", precision)) if key in fields}
         config = embeddings_config.model_copy(update={**updates, "show_progress": False} if "show_progress" in fields else updates)
         self.embedder = lookup("embeddings", config.type).builder(config)
+        # The driver's cache key names its precision: vectors of another would be filed under it.
         resolved = getattr(getattr(self.embedder, "precision", None), "dtype", dtype)
         if resolved != dtype:
             raise RuntimeError(
                 f"embeddings.precision: the driver embeds in {dtype} but a Ray actor on {device} can only run {resolved}; "
                 "set embeddings.precision to one both can run"
             )
+        if hasattr(self.embedder, "warm_up"):
+            self.embedder.warm_up()  # the one model load of this actor, before its first batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Passages as they are: the query instruction is for queries only (encode adds none).
@@ -284,7 +287,7 @@ class RayChunkSource:
             fn_constructor_args=(self.embeddings.config, precision.name, precision.dtype, device),
             batch_size=settings.batch_size,
             batch_format="numpy",
-            concurrency=settings.concurrency,
+            compute=self.ray.data.ActorPoolStrategy(size=settings.concurrency),
             num_cpus=settings.num_cpus,
             num_gpus=settings.num_gpus or None,
         )

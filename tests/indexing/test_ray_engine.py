@@ -19,8 +19,10 @@ import pytest
 from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, write_config, write_files
 
 from rag_pipeline import Pipeline
+from rag_pipeline.cli import main
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.indexing.cache import EmbeddingCache
+from rag_pipeline.indexing.ray_engine import RayChunkSource
 
 ray = pytest.importorskip("ray")
 
@@ -140,21 +142,22 @@ def test_a_killed_ray_ingest_reruns_to_the_clean_index(ray_cluster, corpus, tmp_
     assert 0 < rerun.embedded == uncached < len(texts)  # what the killed run got back is not embedded again
 
 
-def test_cli_engine_flag_runs_ray_and_address_needs_it(ray_cluster, corpus, tmp_path, tiny_bge_dir):
+def test_cli_engine_flag_chooses_ray_and_address_needs_it(ray_cluster, corpus, tmp_path, tiny_bge_dir, monkeypatch, capsys):
     local = local_config(corpus, tmp_path / "local", tiny_bge_dir)
     Pipeline.from_config(local).ingest()
-    config = local_config(corpus, tmp_path / "index", tiny_bge_dir)
-    config_path = write_config(config, tmp_path / "config.yaml")
+    config = local_config(corpus, tmp_path / "index", tiny_bge_dir)  # the file says local
+    config_path = str(write_config(config, tmp_path / "config.yaml"))
 
-    wrong = subprocess.run(cli_command(config_path, "ingest", "--address", ray_cluster), capture_output=True, text=True, timeout=120)
-    assert wrong.returncode != 0 and "--address" in wrong.stderr and "--engine ray" in wrong.stderr
+    assert main(["ingest", config_path, "-q", "--address", ray_cluster]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--address" in error and "--engine ray" in error
     assert not (tmp_path / "index").exists()
 
-    child = subprocess.run(
-        cli_command(config_path, "ingest", "--engine", "ray", "--address", ray_cluster),
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == 0, child.stderr
+    rounds = []
+    read_round = RayChunkSource._read_round
+    monkeypatch.setattr(RayChunkSource, "_read_round", lambda self, changes: rounds.append(len(changes)) or read_round(self, changes))
+    assert main(["ingest", config_path, "-q", "--engine", "ray", "--address", ray_cluster]) == 0
+    assert sum(rounds) == 7 + 1  # every file read on Ray (the empty one too)
     assert_same_index(config, local)
 
 
