@@ -38,8 +38,9 @@ class RayIngestConfig(BaseModel):
     num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor (0: the actors run on CPUs).")
     num_cpus: float = Field(1, gt=0, description="CPUs per embedding actor.")
     files_per_round: int = Field(
-        1000, gt=0,
-        description="Files read, chunked and embedded per round; the driver holds one round's chunks at a time.",
+        5000, gt=0,
+        description="Files read, chunked and embedded per round: the driver holds one round's chunks, and each "
+        "round starts the actor pool anew (one model load per actor).",
     )
 
 

@@ -26,7 +26,7 @@ from rag_pipeline.indexing.ray_engine import RayChunkSource
 
 ray = pytest.importorskip("ray")
 
-RAY_SETTINGS = {"batch_size": 4, "concurrency": 2, "files_per_round": 3}
+RAY_SETTINGS = {"batch_size": 4, "concurrency": 2, "files_per_round": 4}
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,11 @@ def corpus(tmp_path_factory):
     return root
 
 
-def test_ray_ingest_equals_local_ingest_then_adds_nothing(ray_cluster, corpus, tmp_path, tiny_bge_dir):
-    local = local_config(corpus, tmp_path / "local", tiny_bge_dir)
-    on_ray = ray_config(corpus, tmp_path / "ray", tiny_bge_dir)
+def test_ray_ingest_equals_local_adds_nothing_again_and_follows_changes(ray_cluster, corpus, tmp_path, tiny_bge_dir):
+    work = tmp_path / "corpus"
+    shutil.copytree(corpus, work)
+    local = local_config(work, tmp_path / "local", tiny_bge_dir)
+    on_ray = ray_config(work, tmp_path / "ray", tiny_bge_dir)  # rounds of 4 files: 2, then 1
     local_report = Pipeline.from_config(local).ingest()
     report = Pipeline.from_config(on_ray).ingest()
 
@@ -92,29 +94,21 @@ def test_ray_ingest_equals_local_ingest_then_adds_nothing(ray_cluster, corpus, t
     assert (again.files_added, again.files_updated, again.added, again.embedded, again.deleted) == (0, 0, 0, 0, 0)
     assert again.files_unchanged == 7
 
-
-def test_changed_files_update_as_locally(ray_cluster, corpus, tmp_path, tiny_bge_dir):
-    work = tmp_path / "corpus"
-    shutil.copytree(corpus, work)
-    local = local_config(work, tmp_path / "local", tiny_bge_dir)
-    on_ray = ray_config(work, tmp_path / "ray", tiny_bge_dir)
-    Pipeline.from_config(local).ingest()
-    Pipeline.from_config(on_ray).ingest()
     mutate_to_v2(work)  # two files changed, one deleted, two added
-
     local_report = Pipeline.from_config(local).ingest()
     report = Pipeline.from_config(on_ray).ingest()
 
     assert_same_index(on_ray, local)
     for key in ("files_added", "files_updated", "files_removed", "added", "embedded", "deleted"):
         assert getattr(report, key) == getattr(local_report, key), key
-    assert report.files_updated == 2 and report.files_added == 2
+    assert report.files_updated == 2 and report.files_added == 2 and report.files_removed == 1
 
 
+@pytest.mark.slow  # a CLI child process (imports, its own Ray connection), ~1-3 min on 2 loaded cores
 def test_a_killed_ray_ingest_reruns_to_the_clean_index(ray_cluster, corpus, tmp_path, tiny_bge_dir):
     clean = ray_config(corpus, tmp_path / "clean", tiny_bge_dir)
     Pipeline.from_config(clean).ingest()
-    config = ray_config(corpus, tmp_path / "index", tiny_bge_dir, address=ray_cluster)
+    config = ray_config(corpus, tmp_path / "index", tiny_bge_dir, address=ray_cluster, files_per_round=3)
     config_path = write_config(config, tmp_path / "config.yaml")
 
     # rounds of 3 files: killed at the second batch of vectors of the second round, with the
