@@ -8,8 +8,9 @@ reader or chunker settings is re-chunked. Files in the record that the loader no
 removed (``cleanup: full``) or kept. Sources added from code (origin ``api``, see
 :mod:`rag_pipeline.indexing.documents`) are not the folder's: kept unless ``prune_api``.
 
-Writing (``Indexer``): files are read one document at a time and their chunks written in bounded
-batches as they come (``vectorstore.write_batch_size``), always in this order:
+Writing (``Indexer``): files are read one document at a time (here, or by Ray workers and replayed
+here: :mod:`rag_pipeline.indexing.sources`) and their chunks written in bounded batches as they
+come (``vectorstore.write_batch_size``), always in this order:
 
 1. read a document and chunk it; its chunks join the write buffer;
 2. per full batch: embed through the on-disk embedding cache (committed before the vectors go
