@@ -136,6 +136,25 @@ def test_a_killed_ray_ingest_reruns_to_the_clean_index(ray_cluster, corpus, tmp_
     assert 0 < rerun.embedded == uncached < len(texts)  # what the killed run got back is not embedded again
 
 
+@pytest.mark.slow  # two Ray passes over the corpus, ~40 s on 2 loaded cores
+def test_reindex_on_ray_equals_a_local_ingest(ray_cluster, corpus, tmp_path, tiny_bge_dir, monkeypatch):
+    local = local_config(corpus, tmp_path / "local", tiny_bge_dir)
+    Pipeline.from_config(local).ingest()
+    on_ray = ray_config(corpus, tmp_path / "ray", tiny_bge_dir)
+    Pipeline.from_config(on_ray).ingest()
+    rounds = []
+    read_round = RayChunkSource._read_round
+    monkeypatch.setattr(RayChunkSource, "_read_round", lambda self, changes: rounds.append(len(changes)) or read_round(self, changes))
+
+    report = Pipeline.from_config(on_ray).reindex()
+
+    assert sum(rounds) == 8 and report.embedded == 0  # every file read again on Ray, every vector from the cache
+    assert report.collection != "test"
+    got, expected = contents(on_ray), contents(local)
+    assert got["ids"] == expected["ids"] and got["documents"] == expected["documents"]
+    np.testing.assert_allclose(got["vectors"], expected["vectors"], atol=1e-5, rtol=0)
+
+
 def test_cli_engine_flag_chooses_ray_and_address_needs_it(ray_cluster, corpus, tmp_path, tiny_bge_dir, monkeypatch, capsys):
     local = local_config(corpus, tmp_path / "local", tiny_bge_dir)
     Pipeline.from_config(local).ingest()
