@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         "--prune-api", action="store_true",
         help="also remove the documents added from code (Pipeline.add_documents, pipe.vectorstore): mirror the folder alone",
     )
+    ingest.add_argument(
+        "--engine", choices=["local", "ray"], default=None,
+        help="who reads, chunks and embeds the new and changed files (overrides ingest.engine; ray: extra `ray`)",
+    )
+    ingest.add_argument(
+        "--address", default=None, metavar="ADDRESS",
+        help="with --engine ray: the Ray cluster to join, e.g. auto or ray://HOST:10001 (overrides ingest.ray.address)",
+    )
     with_config(commands.add_parser("reindex", help="re-embed the sources with the configured model into a new collection, then switch to it"))
     query = with_config(commands.add_parser("query", help="retrieve the best passages for a query"))
     query.add_argument("text", help="the query")
@@ -178,10 +186,11 @@ def _finetune_parser(commands) -> None:
         _debug_flag(train)
 
 
-def _pipeline(args: argparse.Namespace):
+def _pipeline(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from .pipeline import Pipeline
 
     overrides = dict(parse_override(o) for o in args.overrides)
+    overrides.update(extra or {})  # flags that name a config key, taken as typed (not read as YAML)
     pipe = Pipeline.from_yaml(args.config, overrides)
     if getattr(args, "quiet", False):
         pipe.config.loader.show_progress = False
@@ -224,8 +233,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             for source in sources:
                 print(f"  {label:<6} {source}")
         return 0
-    _print_ingest(_pipeline(args).ingest(prune_api=args.prune_api))
+    _print_ingest(_engine_pipeline(args).ingest(prune_api=args.prune_api))
     return 0
+
+
+def _engine_pipeline(args: argparse.Namespace):
+    """The pipeline with ``--engine`` and ``--address`` applied over the config."""
+    extra: dict[str, Any] = {}
+    if args.engine is not None:
+        extra["ingest.engine"] = args.engine
+    if args.address is not None:
+        extra["ingest.ray.address"] = args.address
+    pipe = _pipeline(args, extra)
+    if args.address is not None and pipe.config.ingest.engine != "ray":
+        raise RagPipelineError("--address: names a Ray cluster, so it needs --engine ray (or ingest.engine: ray)")
+    return pipe
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:

@@ -23,6 +23,27 @@ from .stage_config import ConfigPath, StageConfig
 REQUIRED_SECTIONS = tuple(kind.name for kind in STAGE_KINDS if kind.required)
 
 
+class RayIngestConfig(BaseModel):
+    """``ingest.ray:`` — where and how wide ``ingest.engine: ray`` runs (Ray is the extra ``ray``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="A Ray cluster to join (`auto`, `ray://HOST:10001`, `HOST:6379`); null: RAY_ADDRESS if set, "
+        "else a Ray started on this machine for the ingest and stopped after it.",
+    )
+    batch_size: int = Field(256, gt=0, description="Chunks per embedding call on an actor (map_batches batch_size).")
+    concurrency: int = Field(1, gt=0, description="Embedding actors, each with its own copy of the model.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor (0: the actors run on CPUs).")
+    num_cpus: float = Field(1, gt=0, description="CPUs per embedding actor.")
+    files_per_round: int = Field(
+        5000, gt=0,
+        description="Files read, chunked and embedded per round: the driver holds one round's chunks, and each "
+        "round starts the actor pool anew (one model load per actor).",
+    )
+
+
 class IngestConfig(BaseModel):
     """``ingest:`` — how ``ingest`` keeps the index in step with the sources.
 
@@ -48,6 +69,12 @@ class IngestConfig(BaseModel):
         description="Where the index record, write lock and embedding cache live; default: the persistent "
         "index's folder (required for an index with no folder on this machine).",
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Who reads, chunks and embeds new and changed files: this process (local), or Ray tasks "
+        "and an actor pool (ray: `ingest.ray`, extra `ray`). The record, cache and writes stay in this process.",
+    )
+    ray: RayIngestConfig = Field(default_factory=RayIngestConfig)
 
 
 class _PipelineConfigBase(BaseModel):

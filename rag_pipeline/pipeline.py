@@ -7,6 +7,7 @@ retrieval path is :mod:`rag_pipeline.retrieval`'s. This module wires them togeth
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -183,6 +184,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         self.preflight()
+        self._check_engine()
         store, lexical = self.store, self.lexical
         with (
             self.state.lock(self.config.ingest.lock_timeout),
@@ -229,6 +231,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         self.preflight()
+        self._check_engine()
         store, lexical = self.store, self.lexical
         beside = [lexical] if lexical is not None else []
         logical = store.config.collection
@@ -290,7 +293,9 @@ class Pipeline:
         self, store, record: IndexRecord, cleanup: str, show_progress: bool | None, lexical: Any = None,
         prune_api: bool = False,
     ) -> Indexer:
-        sinks: list[Any] = [DenseSink(store, self.embeddings, lambda: self.embedding_cache)]
+        show_progress = self.config.loader.show_progress if show_progress is None else show_progress
+        source, embedder = self._ingest_engine(show_progress)
+        sinks: list[Any] = [DenseSink(store, embedder, lambda: self.embedding_cache)]
         if lexical is not None:
             sinks.append(LexicalSink(lexical))
         return Indexer(
@@ -301,9 +306,37 @@ class Pipeline:
             record=record,
             settings=self._settings(),
             cleanup=cleanup,
-            show_progress=self.config.loader.show_progress if show_progress is None else show_progress,
+            show_progress=show_progress,
             prune_api=prune_api,
+            source=source,
         )
+
+    def _check_engine(self) -> None:
+        """``ingest.engine: ray`` needs Ray installed and an embedding cache: refused here, before
+        the lock is taken or any file is read."""
+        if self.config.ingest.engine != "ray":
+            return
+        from .indexing.ray_engine import CACHE_REQUIRED, require_ray  # Ray is imported only when chosen
+
+        require_ray()
+        if self.state.embedding_cache_path is None or not getattr(self.embeddings.config, "embedding_cache", True):
+            raise ConfigError(CACHE_REQUIRED)
+
+    def _ingest_engine(self, show_progress: bool) -> tuple[Any, Any]:
+        """Who reads, chunks and embeds the files an ingest (re)indexes, and the embedder the dense
+        sink sees: (None, the embeddings) for this process; Ray's chunk source and a cache-only embedder."""
+        if self.config.ingest.engine != "ray":
+            return None, self.embeddings
+        from .indexing.ray_engine import CachedVectorsOnly, RayChunkSource
+
+        source = RayChunkSource(
+            self.config.ingest.ray,
+            stages=functools.partial(reading_stages, self.config),
+            embeddings=self.embeddings,
+            cache=lambda: self.embedding_cache,
+            show_progress=show_progress,
+        )
+        return source, CachedVectorsOnly(self.embeddings)
 
     # -- documents from code ---------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], source: str | None = None) -> IngestReport:
@@ -503,3 +536,9 @@ class Pipeline:
             return [str(record["query"]) for record in records]
         lines = path.read_text(encoding="utf-8").split("\n")
         return [line.strip() for line in lines if line.strip()]
+
+
+def reading_stages(config: PipelineConfig) -> tuple[Any, Any]:
+    """The loader and chunker, built from the config on a Ray worker (``ingest.engine: ray``)."""
+    pipe = Pipeline(config)
+    return pipe.loader, pipe.chunker

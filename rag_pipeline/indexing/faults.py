@@ -8,6 +8,8 @@
 
 The points, in the order an ingest reaches them:
 
+* ``ray_embedding`` — (``ingest.engine: ray``) a batch of vectors came back from the actor pool
+  and went into the embedding cache, more batches of the round still being embedded;
 * ``loading`` — a file was read to the end and chunked, its last chunks not all written yet;
 * ``embedding`` — a batch of vectors was computed and put in the embedding cache, not yet in Chroma;
 * ``writing`` — a batch of chunks was upserted into Chroma, the record not yet updated;

@@ -8,8 +8,9 @@ reader or chunker settings is re-chunked. Files in the record that the loader no
 removed (``cleanup: full``) or kept. Sources added from code (origin ``api``, see
 :mod:`rag_pipeline.indexing.documents`) are not the folder's: kept unless ``prune_api``.
 
-Writing (``Indexer``): files are read one document at a time and their chunks written in bounded
-batches as they come (``vectorstore.write_batch_size``), always in this order:
+Writing (``Indexer``): files are read one document at a time (here, or by Ray workers and replayed
+here: :mod:`rag_pipeline.indexing.sources`) and their chunks written in bounded batches as they
+come (``vectorstore.write_batch_size``), always in this order:
 
 1. read a document and chunk it; its chunks join the write buffer;
 2. per full batch: embed through the on-disk embedding cache (committed before the vectors go
@@ -43,7 +44,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
@@ -51,6 +52,7 @@ from tqdm.auto import tqdm
 from ..contracts import FileError, FileNotRead, UnreadableFile
 from .sinks import DenseSink, Sink
 from .faults import crash_point
+from .sources import ChunkSource, FileReading
 from .record import FileRecord, IndexRecord
 from .report import FileChange, IngestReport, SyncPlan
 
@@ -180,6 +182,40 @@ def _unchanged(path: Path, previous: FileRecord, max_file_size: int | None, plan
     return True
 
 
+class _LocalFileReading:
+    """A file read in this process, document by document as the Indexer asks for them."""
+
+    def __init__(self, change: FileChange, loader: Any, chunker: Callable[[], Any]):
+        # stat, then hash, then parse: if the file changes in between, the recorded stat and hash
+        # are the older ones, so the next ingest sees the change and parses it again.
+        self.change, self.warnings = change, []
+        self._loader, self._chunker = loader, chunker
+        path = change.path
+        try:
+            self.stat = path.stat()
+            readable = _hashable(self.stat, getattr(loader.config, "max_file_size", None)) and loader.may_read(path)
+            self.sha256 = file_sha256(path) if readable else ""
+        except OSError:
+            self.stat, self.sha256 = None, ""  # reading it fails too, and the loader says why
+
+    def documents(self) -> Iterator[Document]:
+        return self._loader.iter_file(self.change.path, self.warnings)
+
+    def chunk(self, document: Document) -> list[Document]:
+        return self._chunker().split_documents([document])
+
+
+class LocalChunkSource:
+    """The local engine: each file is read and chunked in this process when its turn comes."""
+
+    def __init__(self, loader: Any, chunker: Callable[[], Any]):
+        self.loader, self.chunker = loader, chunker
+
+    def read(self, todo: Sequence[FileChange], report: IngestReport) -> Iterator[_LocalFileReading]:
+        for change in todo:
+            yield _LocalFileReading(change, self.loader, self.chunker)
+
+
 def write_chunks(
     store: Any,
     embeddings: Any,
@@ -230,7 +266,7 @@ class _FileInProgress:
     recorded, which happens once it has been read to the end and every chunk of it is written."""
 
     change: FileChange
-    stat: os.stat_result | None
+    stat: Any  # an os.stat_result, or the same four fields read by a Ray worker
     sha256: str
     ids: dict[str, None] = field(default_factory=dict)  # its chunk ids, each once, in order
     chunks: int = 0  # chunks its documents gave (the same chunk twice counts twice, as in the record)
@@ -264,6 +300,7 @@ class Indexer:
         cleanup: str = "full",
         show_progress: bool = False,
         prune_api: bool = False,
+        source: ChunkSource | None = None,
     ):
         if cleanup not in CLEANUP_MODES:
             raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
@@ -278,6 +315,8 @@ class Indexer:
         self.cleanup = cleanup
         self.show_progress = show_progress
         self.prune_api = prune_api
+        # Who reads and chunks the files (local, or Ray: see sources.py); the writes stay here.
+        self.source = source if source is not None else LocalChunkSource(loader, chunker)
         self._writing = False
 
     def sync(self) -> IngestReport:
@@ -346,26 +385,19 @@ class Indexer:
             return
         self._buffer: list[tuple[Document, _FileInProgress]] = []
         self._awaiting: list[_FileInProgress] = []  # read to the end, not yet recorded
-        for change in tqdm(plan.todo, desc="Indexing", unit="file", disable=not self.show_progress):
-            self._index_file(change, report)
+        readings = self.source.read(plan.todo, report)
+        for reading in tqdm(readings, total=len(plan.todo), desc="Indexing", unit="file", disable=not self.show_progress):
+            self._index_file(reading, report)
         self._flush(report, everything=True)
 
-    def _index_file(self, change: FileChange, report: IngestReport) -> None:
-        # stat, then hash, then parse: if the file changes in between, the recorded stat and hash
-        # are the older ones, so the next ingest sees the change and parses it again.
-        path = change.path
-        try:
-            st = path.stat()
-            readable = _hashable(st, getattr(self.loader.config, "max_file_size", None)) and self.loader.may_read(path)
-            digest = file_sha256(path) if readable else ""
-        except OSError:
-            st, digest = None, ""  # reading it fails too, and the loader says why
-        progress = _FileInProgress(change, st, digest)
-        warnings: list[str] = []
+    def _index_file(self, reading: FileReading, report: IngestReport) -> None:
+        change, st = reading.change, reading.stat
+        progress = _FileInProgress(change, st, reading.sha256)
+        warnings = reading.warnings
         reported = 0
         failure: FileError | None = None
         has_no_text = False
-        documents = self.loader.iter_file(path, warnings)
+        documents = reading.documents()
         while True:
             # Only the reading is guarded: an error while writing is the ingest's, not the file's.
             try:
@@ -393,7 +425,7 @@ class Indexer:
             # Reported as they come, so that with on_error: fail nothing more is written.
             reported = self._report_warnings(change.source, warnings, reported, report)
             progress.documents += 1
-            self._add(self.chunker().split_documents([document]), progress, report)
+            self._add(reading.chunk(document), progress, report)
         if failure is not None or st is None:
             self._abandon(progress, report)
             # cleanup: none keeps every old version, so also what an emptied file held.
