@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -125,11 +126,17 @@ def phase_mine_reranker(args, results: dict) -> None:
 def phase_reranker(args, results: dict) -> None:
     from rag_pipeline.finetuning import train_reranker
 
+    from rag_pipeline.finetuning import read_training_file
+
+    data = training_subset(args, RERANKER_FILE)
+    rows = sum(len(example.pos) for example in read_training_file(data))  # listwise: a row per positive
     for loss in args.reranker_losses:
         batch = 32 if loss == "bce" else 8  # listwise: a row is the positive + 10 negatives
-        result = train_reranker(training_subset(args, RERANKER_FILE), BASE, MODELS / f"reranker-{loss}",
-                                reranker_settings(args, negatives=10, batch_size=batch, save_steps=90), loss=loss,
-                                in_batch_negatives=0)
+        # a checkpoint at each epoch's end (the trainer keeps the last two): the dev curve's points
+        epoch_steps = math.ceil(rows / batch) if loss != "bce" else math.ceil(rows * 11 / batch)
+        result = train_reranker(data, BASE, MODELS / f"reranker-{loss}",
+                                reranker_settings(args, negatives=10, batch_size=batch, save_steps=epoch_steps),
+                                loss=loss, in_batch_negatives=0)
         results.setdefault("reranker", {})[loss] = {
             k: result.card[k] for k in ("loss", "head", "steps", "epochs", "seconds", "peak_rss_mb", "settings", "training_loss")
         }
@@ -186,6 +193,14 @@ def reranker_candidates(loss: str) -> dict[str, Path]:
     return found
 
 
+def cheapest_of_the_best(grid: dict[str, float], tolerance: float = 0.1) -> str:
+    """The best "k=K blend=B" setting, except that among those within ``tolerance`` nDCG points of
+    it the smallest k wins: every extra candidate is a cross-encoder pass at query time."""
+    top = max(grid.values())
+    close = [setting for setting, value in grid.items() if value >= top - tolerance]
+    return min(close, key=lambda setting: (int(setting.split()[0].split("=")[1]), -grid[setting]))
+
+
 def phase_dev(args, results: dict) -> None:
     from rag_pipeline.evaluation import evaluate_run
 
@@ -200,7 +215,7 @@ def phase_dev(args, results: dict) -> None:
                 f"k={k} blend={b}": round(100 * evaluate_run(dev.qrels, blended_run(scores, first, run, k, b), ["ndcg@10"]).mean["ndcg@10"], 2)
                 for k in args.ks for b in BLENDS
             }
-            best = max(grid, key=grid.get)
+            best = cheapest_of_the_best(grid)
             entry["rerankers"][f"{loss} {name}"] = {
                 "model": str(folder.relative_to(REPO)), "grid": grid, "best": best, "best_ndcg@10": grid[best],
                 "pure_ndcg@10": {k: grid[f"k={k} blend=0.0"] for k in args.ks},
