@@ -13,7 +13,7 @@ and the child's CPU seconds. The int8 file is exported once before the rounds (i
 reported). Then the reranker: fp32 / bf16 / int8 in one process, one ``score`` of 20 candidates x
 256 tokens each, alternating call by call, with a randomly initialised cross-encoder of
 bge-reranker-base's size; and each precision's agreement with fp32 on real SciFact queries and
-abstracts. Writes ``benchmarks/results/<name>.{json,md}``.
+abstracts. Writes ``benchmarks/results/<name>.{json,md}`` (``--name``, default ``precision-latest``).
 
 Useful FLOPs (``run_benchmarks.encoder_flops``): per layer the Q, K, V and output projections
 (4 x 2LH^2), the attention scores and the weighted sum of V (2 x 2L^2H) and the feed-forward
@@ -191,7 +191,8 @@ def main() -> None:
     parser.add_argument("--no-int8-ingest", action="store_true", help="leave the int8 ingest out of the rounds")
     parser.add_argument("--no-matmul", action="store_true", help="no matmul ceiling (e.g. a tiny corpus that only compares fixed costs)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--name", default="precision", help="results file name, without .md/.json")
+    # Not "precision": results/precision.md gathers several runs by hand and must not be overwritten.
+    parser.add_argument("--name", default="precision-latest", help="results file name, without .md/.json")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
     started = time.perf_counter()
