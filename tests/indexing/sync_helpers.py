@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,17 @@ def write_config(config: dict, path: Path) -> Path:
 
 def cli_command(config_path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "rag_pipeline.cli", *args, str(config_path), "-q"]
+
+
+def ingest_killed_at(config_path: Path, point: str) -> subprocess.CompletedProcess:
+    """Run ``rag-pipeline ingest`` in a child that SIGKILLs itself at fault ``point``
+    (``RAG_PIPELINE_FAULT``, see rag_pipeline.indexing.faults); fail if it was not killed there."""
+    child = subprocess.run(
+        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, f"not killed at {point}: {child.stdout}{child.stderr}"
+    return child
 
 
 def record_snapshot(record: IndexRecord, collection: str) -> dict:

@@ -8,7 +8,6 @@ The kill is real: a child ``rag-pipeline ingest`` process sends itself SIGKILL a
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -20,6 +19,7 @@ from sync_helpers import (
     cli_command,
     config_for,
     corpus_v1,
+    ingest_killed_at,
     jsonl_corpus,
     mutate_to_v2,
     snapshot,
@@ -83,11 +83,7 @@ def test_kill_at_any_point_then_rerun_equals_one_clean_run(scenario, point, tmp_
     config = config_for(scenario["corpus"], index, scenario["model"])
     config_path = write_config(config, tmp_path / "config.yaml")
 
-    child = subprocess.run(
-        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, f"not killed at {point}: {child.stdout}{child.stderr}"
+    ingest_killed_at(config_path, point)
     crashed = snapshot(config)
     assert crashed["dirty"], "the killed run had written something"  # each point is after a first write
     assert crashed != scenario["clean"]
@@ -124,11 +120,7 @@ def test_kill_in_the_middle_of_a_file_then_rerun_equals_one_clean_run(tmp_path, 
     shutil.copytree(template, tmp_path / "index")
     before = snapshot(config)
     config_path = write_config(config, tmp_path / "config.yaml")
-    child = subprocess.run(
-        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": "writing:2"},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, f"not killed: {child.stdout}{child.stderr}"
+    ingest_killed_at(config_path, "writing:2")
     crashed = snapshot(config)
     assert crashed["dirty"] and crashed["record"] == before["record"]  # killed mid-file: nothing recorded
     assert set(before["ids"]) < set(crashed["ids"])  # new chunks written, the old ones still there

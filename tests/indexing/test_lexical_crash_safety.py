@@ -4,13 +4,10 @@ BM25 scores every query as a clean run's index does (same corpus statistics)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 
 import pytest
-from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, write_config, write_files
+from sync_helpers import config_for, corpus_v1, ingest_killed_at, mutate_to_v2, snapshot, write_config, write_files
 
 from rag_pipeline import Pipeline
 
@@ -72,11 +69,7 @@ def test_kill_at_any_point_then_rerun_equals_one_clean_run(scenario, point, tmp_
     shutil.copytree(scenario["template"], index)
     config = lexical_config(scenario["corpus"], index, scenario["model"])
     config_path = write_config(config, tmp_path / "config.yaml")
-    child = subprocess.run(
-        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, f"not killed at {point}: {child.stdout}{child.stderr}"
+    ingest_killed_at(config_path, point)
     crashed = lexical_snapshot(config)
     assert crashed["dirty"] and crashed != scenario["clean"]
 

@@ -8,15 +8,12 @@ process that joins it by address and SIGKILLs itself mid-embedding.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, write_config, write_files
+from sync_helpers import config_for, corpus_v1, ingest_killed_at, mutate_to_v2, snapshot, write_config, write_files
 
 from rag_pipeline import Pipeline
 from rag_pipeline.cli import main
@@ -113,11 +110,7 @@ def test_a_killed_ray_ingest_reruns_to_the_clean_index(ray_cluster, corpus, tmp_
 
     # rounds of 3 files: killed at the second batch of vectors of the second round, with the
     # first round written and recorded
-    child = subprocess.run(
-        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": "ray_embedding:4"},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, f"not killed: {child.stdout}{child.stderr}"
+    ingest_killed_at(config_path, "ray_embedding:4")
     crashed = snapshot(config)
     assert crashed["dirty"] and crashed["record"]["files"], "the killed run had written and recorded a round"
     assert crashed["record"] != snapshot(clean)["record"]

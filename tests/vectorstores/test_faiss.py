@@ -5,8 +5,6 @@ deletes, an index that cannot delete in place, and the index_factory chosen per 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "indexing"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
 
 from conftest import MINILM, pipeline_config  # noqa: E402
-from sync_helpers import cli_command, config_for, corpus_v1, jsonl_corpus, mutate_to_v2, snapshot, text_about, write_config, write_files  # noqa: E402
+from sync_helpers import cli_command, config_for, corpus_v1, ingest_killed_at, jsonl_corpus, mutate_to_v2, snapshot, text_about, write_config, write_files  # noqa: E402
 
 from rag_pipeline import ConfigError, IndexMismatchError, Pipeline  # noqa: E402
 from rag_pipeline.contracts import VectorIndex  # noqa: E402
@@ -176,11 +174,7 @@ def test_sigkill_of_an_ingest_then_rerun_equals_a_clean_run(corpus, tmp_path, ti
     mutate_to_v2(corpus)
     Pipeline.from_config(clean).ingest()
     path = write_config(crashed, tmp_path / "pipeline.yaml")
-    child = subprocess.run(
-        cli_command(path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": "writing:2"},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    ingest_killed_at(path, "writing:2")
     assert snapshot(crashed)["dirty"]
     assert Pipeline.from_config(crashed).ingest().recovered
     ours, theirs = snapshot(crashed), snapshot(clean)
