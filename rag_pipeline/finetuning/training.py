@@ -254,6 +254,8 @@ def train_reranker(
     from sentence_transformers import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder import losses
 
+    if in_batch_negatives < 0:
+        raise ConfigError(f"--in-batch-negatives: must be 0 or more, got {in_batch_negatives}")
     settings = settings or TrainingSettings(negatives=4)
     out = Path(out)
     examples = read_training_file(data)
@@ -291,8 +293,6 @@ def train_reranker(
 
 
 def _listwise_loss(losses, model, in_batch_negatives: int):
-    if in_batch_negatives < 0:
-        raise ConfigError(f"--in-batch-negatives: must be 0 or more, got {in_batch_negatives}")
     if in_batch_negatives > 0:
         return losses.MultipleNegativesRankingLoss(model, num_negatives=in_batch_negatives)
 
