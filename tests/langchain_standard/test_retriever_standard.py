@@ -98,15 +98,7 @@ def water_index_m3(tmp_path_factory, tiny_bge_m3_dir) -> dict:
     )
 
 
-class TestBgeM3RetrieverStandard(RetrieversIntegrationTests):
+class TestBgeM3RetrieverStandard(_PipelineRetrieverTests):
     @pytest.fixture(autouse=True)
-    def _pipeline(self, water_index_m3):
+    def _pipeline(self, water_index_m3):  # its own index (another model), not water_index with overrides
         self.pipeline = Pipeline.from_config(water_index_m3)
-
-    @property
-    def retriever_constructor(self):
-        return self.pipeline.as_retriever
-
-    @property
-    def retriever_query_example(self) -> str:
-        return "how hot should the water be"
