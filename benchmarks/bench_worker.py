@@ -225,19 +225,28 @@ def rerank_compare(args) -> dict:
 
     from rag_pipeline.rerankers import BgeReranker
 
-    precisions = ("fp32", "bf16", "int8")
+    from rag_pipeline.models.graph_fusion import GRAPH_FUSION_ENV
+
+    # "fp32"/"bf16" run as the library runs them (oneDNN Graph fusion on); "-eager" the same
+    # weights with fusion off, as before it existed: the side-by-side baseline.
+    precisions = ("fp32", "bf16", "int8", "fp32-eager", "bf16-eager") if args.eager_too else ("fp32", "bf16", "int8")
     rerankers, load_s = {}, {}
     for precision in precisions:
         tick = time.perf_counter()
-        rerankers[precision] = BgeReranker(model=str(args.reranker), device="cpu", max_length=512, precision=precision).warm_up()
+        os.environ[GRAPH_FUSION_ENV] = "0" if precision.endswith("-eager") else "1"
+        rerankers[precision] = BgeReranker(
+            model=str(args.reranker), device="cpu", max_length=512, precision=precision.removesuffix("-eager")
+        ).warm_up()
         load_s[precision] = time.perf_counter() - tick
+    os.environ.pop(GRAPH_FUSION_ENV)
     tokenizer = rerankers["fp32"].cross_encoder.tokenizer
     corpus = [json.loads(line)["text"] for line in Path(args.corpus).read_text(encoding="utf-8").splitlines()]
 
     passages, pair_tokens = pair_passages(tokenizer, LATENCY_QUERY, corpus[: args.pairs], args.tokens)
     if args.n > 0:
         for reranker in rerankers.values():
-            reranker.score(LATENCY_QUERY, passages)  # first-call allocations
+            for _ in range(2):  # first-call allocations; a fused graph profiles, then compiles, a new shape
+                reranker.score(LATENCY_QUERY, passages)
     latencies: dict[str, list[float]] = {p: [] for p in precisions}
     for _ in range(args.n):
         for precision in precisions:
@@ -395,6 +404,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20, help="rerank: candidates per query")
     parser.add_argument("--tokens", type=int, default=256, help="rerank: tokens per (query, candidate) pair")
     parser.add_argument("--docs", type=int, default=128, help="encode-vs-matmul: corpus texts per encode")
+    parser.add_argument("--eager-too", action="store_true", help="rerank-compare: also fp32 and bf16 with graph fusion off")
     parser.add_argument("--agreement-queries", type=int, default=10, help="rerank-compare: real queries scored in every precision")
     args = parser.parse_args()
 

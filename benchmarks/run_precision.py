@@ -125,8 +125,8 @@ def achieved_gflops(runs: dict, flops: dict) -> dict:
         return max(m["ceiling_gflops"][d], *m["model_shapes"][d].values())
 
     recipes = {}
-    for name in ("plain", "ours-auto", "ours-int8"):
-        if not runs[name]:
+    for name in ("plain", "ours-auto", "ours-auto-eager", "ours-int8"):
+        if not runs.get(name):
             continue
         dtype = runs[name][0].get("dtype", "float32")
         seconds = min(r["encode_s"] for r in runs[name])
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--rerank-n", type=int, default=5, help="timed score() calls per reranker precision (0: skip)")
     parser.add_argument("--agreement-queries", type=int, default=20, help="SciFact queries for the rerankers' agreement with fp32")
     parser.add_argument("--no-int8-ingest", action="store_true", help="leave the int8 ingest out of the rounds")
+    parser.add_argument("--eager-too", action="store_true",
+                        help="also ingest with oneDNN Graph fusion off (RAG_PIPELINE_GRAPH_FUSION=0) and rerank fp32/bf16 with it off")
     parser.add_argument("--no-matmul", action="store_true", help="no matmul ceiling (e.g. a tiny corpus that only compares fixed costs)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     # Not "precision": results/precision.md gathers several runs by hand and must not be overwritten.
@@ -235,7 +237,8 @@ def main() -> None:
         print("int8 export (once; later runs reuse it)", flush=True)
         export = worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / "index-export"), "--precision", "int8", *common)
 
-    runs: dict[str, list[dict]] = {"plain": [], "cli-auto": [], "ours-auto": [], "ours-int8": [], "matmul": []}
+    runs: dict[str, list[dict]] = {"plain": [], "cli-auto": [], "ours-auto": [], "ours-auto-eager": [], "ours-int8": [], "matmul": []}
+    eager_env = {**env, "RAG_PIPELINE_GRAPH_FUSION": "0"}
     round_loads = []
     for r in range(args.rounds):
         round_loads.append(os.getloadavg())
@@ -247,6 +250,9 @@ def main() -> None:
         runs["cli-auto"].append({"process_wall_s": wall, "process_cpu_s": cpu, "output": done.stdout.strip()})
         print("   ", {"process_wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2)}, flush=True)
         runs["ours-auto"].append(worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"auto-{r}"), "--precision", "auto", *common))
+        if args.eager_too:
+            runs["ours-auto-eager"].append(worker(eager_env, "ingest-ours", "--corpus", str(corpus_dir), "--index",
+                                                  str(work / f"auto-eager-{r}"), "--precision", "auto", *common))
         if not args.no_int8_ingest:
             runs["ours-int8"].append(worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"int8-{r}"), "--precision", "int8", *common))
     load_after_ingest = os.getloadavg()
@@ -259,7 +265,8 @@ def main() -> None:
         reranker_dir = build_reranker(work / "bge-reranker-base-shaped-random", minilm)
         compare = ["--corpus", str(corpus), "--queries", str(queries_file), "--agreement-queries", str(args.agreement_queries), *common]
         print(f"rerankers, load {os.getloadavg()[0]:.1f}", flush=True)
-        rerank["base-random"] = worker(env, "rerank-compare", "--reranker", str(reranker_dir), "--n", str(args.rerank_n), *compare)
+        rerank["base-random"] = worker(env, "rerank-compare", "--reranker", str(reranker_dir), "--n", str(args.rerank_n), *compare,
+                                       *(["--eager-too"] if args.eager_too else []))
         rerank["minilm-trained-backbone"] = worker(
             env, "rerank-compare", "--reranker", str(build_trained_backbone_reranker(work / "minilm-cross-encoder", minilm)),
             "--n", "0", *compare)
@@ -267,7 +274,7 @@ def main() -> None:
     def best(name: str, key: str) -> float:
         return min(run[key] for run in runs[name])
 
-    in_model = {name: args.docs / best(name, "encode_s") for name in ("plain", "ours-auto", "ours-int8") if runs[name]}
+    in_model = {name: args.docs / best(name, "encode_s") for name in ("plain", "ours-auto", "ours-auto-eager", "ours-int8") if runs[name]}
     whole = {"plain": best("plain", "process_wall_s"), "cli-auto": best("cli-auto", "process_wall_s")}
     whole_cpu = {"plain": best("plain", "process_cpu_s"), "cli-auto": best("cli-auto", "process_cpu_s")}
     results = {
@@ -313,7 +320,9 @@ def render(r: dict) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     labels = {"plain": "plain: `HuggingFaceBgeEmbeddings` + `Chroma.from_documents`, fp32",
-              "ours-auto": "ours, `precision: auto` (bf16 here)", "ours-int8": "ours, `precision: int8` (ONNX Runtime)"}
+              "ours-auto": "ours, `precision: auto` (bf16 here)",
+              "ours-auto-eager": "ours, `precision: auto`, graph fusion off (`RAG_PIPELINE_GRAPH_FUSION=0`)",
+              "ours-int8": "ours, `precision: int8` (ONNX Runtime)"}
     for name, label in labels.items():
         if name not in r["in_model_chunks_per_s"]:
             continue

@@ -483,12 +483,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _print_precisions(config) -> None:
     """What each ``precision`` becomes on this machine and why, as YAML comments."""
-    from .models import describe_precision
+    from .models import describe_precision, resolve_precision
+    from .models.graph_fusion import GRAPH_FUSION_ENV, graph_fusion_enabled
 
+    fusable = []
     for section in ("embeddings", "reranker"):
         stage = getattr(config, section, None)
         if stage is not None and hasattr(stage, "precision") and hasattr(stage, "device"):
             print("# " + describe_precision(stage.device, stage.precision, section))
+            resolved = resolve_precision(stage.device, stage.precision, section)
+            if resolved.device == "cpu" and resolved.dtype in ("float32", "bfloat16") and stage.type != "bge-m3":
+                fusable.append(section)
+    if fusable:
+        state = "on" if graph_fusion_enabled() else f"off ({GRAPH_FUSION_ENV}=0)"
+        print(f"# {' and '.join(fusable)}: oneDNN Graph fusion {state} (attention fused on the CPU; {GRAPH_FUSION_ENV}=0 turns it off)")
 
 
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,

@@ -31,11 +31,10 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
-import bm25s
-import bm25s.stopwords
 import numpy as np
 import Stemmer
 from langchain_core.documents import Document
@@ -47,9 +46,6 @@ from ..registry import register
 from ..stage_config import StageConfig
 
 logger = logging.getLogger(__name__)
-# bm25s sets its own logger to DEBUG when imported, so every index build would print under any
-# handler (the CLI's included); its debug lines are of no use to a user.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 STORE_FILENAME = "chunks.sqlite"
 BUILT_FOLDER = "bm25"
@@ -57,10 +53,26 @@ IDS_FILENAME = "ids.json"
 
 # bm25s ships stopword lists as STOPWORDS_<LANGUAGE> constants; a config names them by language.
 _STOPWORD_NAMES = {"EN": "english", "EN_PLUS": "english_plus"}
-STOPWORD_LISTS: dict[str, tuple[str, ...]] = {
-    _STOPWORD_NAMES.get(suffix, suffix.lower()): tuple(getattr(bm25s.stopwords, f"STOPWORDS_{suffix}"))
-    for suffix in (name.removeprefix("STOPWORDS_") for name in dir(bm25s.stopwords) if name.startswith("STOPWORDS_"))
-}
+
+
+def _bm25s():
+    """bm25s, imported on first use: it brings numba and scipy (~0.3 s), which a dense-only
+    pipeline (every ``rag-pipeline`` command registers this stage) should not pay for."""
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG when imported, so every index build would print under
+    # any handler (the CLI's included); its debug lines are of no use to a user.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+@lru_cache(maxsize=1)
+def stopword_lists() -> dict[str, tuple[str, ...]]:
+    stopwords = _bm25s().stopwords
+    return {
+        _STOPWORD_NAMES.get(suffix, suffix.lower()): tuple(getattr(stopwords, f"STOPWORDS_{suffix}"))
+        for suffix in (name.removeprefix("STOPWORDS_") for name in dir(stopwords) if name.startswith("STOPWORDS_"))
+    }
 
 
 def build_bm25(config: "BM25Config", embeddings: Any = None) -> "BM25Index":
@@ -90,16 +102,16 @@ class BM25Config(StageConfig):
     @field_validator("stopwords")
     @classmethod
     def _known_stopwords(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, str) and value not in STOPWORD_LISTS:
+        if isinstance(value, str) and value not in stopword_lists():
             raise ValueError(
-                f"no stopword list for {value!r}; choose one of {', '.join(sorted(STOPWORD_LISTS))}, a list of words, or null"
+                f"no stopword list for {value!r}; choose one of {', '.join(sorted(stopword_lists()))}, a list of words, or null"
             )
         return value
 
     def settings_key(self) -> str:
         """What decides the matrices built from the same texts (their folder's name)."""
         data = self.model_dump(mode="json", exclude={"type"})
-        data["bm25s"] = bm25s.__version__
+        data["bm25s"] = _bm25s().__version__
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
@@ -202,7 +214,7 @@ class BM25Index:
         self._built: _Built | None = None
         self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
         stopwords = config.stopwords
-        self._stopwords = list(STOPWORD_LISTS[stopwords]) if isinstance(stopwords, str) else list(stopwords or [])
+        self._stopwords = list(stopword_lists()[stopwords]) if isinstance(stopwords, str) else list(stopwords or [])
         self._mask_cache: dict[str, np.ndarray] = {}
 
     # -- where ---------------------------------------------------------------------------------------
@@ -310,7 +322,7 @@ class BM25Index:
         return [found[i] for i in ids if i in found]
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        return bm25s.tokenize(
+        return _bm25s().tokenize(
             list(texts), stopwords=self._stopwords, stemmer=self._stemmer, return_ids=False, show_progress=False
         )
 
@@ -384,10 +396,10 @@ class BM25Index:
         key = self._key(version)
         if not rows:
             return _Built(key, None, [])
-        tokens = bm25s.tokenize(
+        tokens = _bm25s().tokenize(
             [text for _, text in rows], stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False
         )
-        model = bm25s.BM25(k1=self.config.k1, b=self.config.b, method=self.config.method)
+        model = _bm25s().BM25(k1=self.config.k1, b=self.config.b, method=self.config.method)
         model.index(tokens, show_progress=False)
         return _Built(key, model, [chunk_id for chunk_id, _ in rows])
 
@@ -397,7 +409,7 @@ class BM25Index:
             return None
         try:
             ids = json.loads((path / IDS_FILENAME).read_text(encoding="utf-8"))
-            model = bm25s.BM25.load(path, mmap=True, show_progress=False)
+            model = _bm25s().BM25.load(path, mmap=True, show_progress=False)
         except (OSError, ValueError) as exc:  # removed by a writer meanwhile, or half-written by a crash
             logger.info("rebuilding the BM25 index instead of loading %s: %s", path, exc)
             return None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from ..errors import ModelNotAvailableError, first_line
+from .graph_fusion import fuse_for_cpu, graph_fusion_enabled
 from .precision import Precision
 from .resolution import ResolvedModel, remedy_for
 
@@ -51,6 +52,7 @@ class HandleKey:
     max_length: int | None
     trust_remote_code: bool
     cache_folder: str | None
+    graph_fusion: bool = False  # RAG_PIPELINE_GRAPH_FUSION at load time (graph_fusion.py)
 
 
 _handles: "weakref.WeakValueDictionary[HandleKey, Any]" = weakref.WeakValueDictionary()
@@ -191,7 +193,8 @@ def _load_shared(
     ask; a load that fails for want of files is one ``ModelNotAvailableError`` with the remedy."""
     source, revision = _source(resolved)
     key = HandleKey(
-        kind, source, revision, identity, precision.device, precision.dtype, length, trust_remote_code, cache_folder
+        kind, source, revision, identity, precision.device, precision.dtype, length, trust_remote_code, cache_folder,
+        graph_fusion_enabled(),
     )
 
     def load():
@@ -212,6 +215,8 @@ def _load_shared(
             from .onnx_int8 import to_int8
 
             model = to_int8(model, kind=kind, identity=identity, what=what)
+        elif kind in ("bi-encoder", "cross-encoder"):
+            fuse_for_cpu(model, device=precision.device, dtype=precision.dtype, eager_calls_first=1 if kind == "cross-encoder" else 0)
         return model
 
     return _shared(key, load)

@@ -145,3 +145,21 @@ def test_chunks_without_any_indexable_word_are_held_and_never_hit():
     index = index_of(None, texts={"a": "the a an of", "b": "moon landing", "c": ""})
     assert index.count() == 3
     assert [[d.id for d in hits] for hits in index.search_batch_text(["moon", "the"], 5)] == [["b"], []]
+
+
+def test_a_dense_only_process_does_not_import_bm25s():
+    """bm25s brings numba and scipy (~0.3 s of every command's start-up); the lexical stage is
+    registered in every process, but only a pipeline with a lexical section imports them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, rag_pipeline.cli; from rag_pipeline.config import load_config; "
+        "load_config({'loader': {'type': 'directory', 'path': '.'}, 'embeddings': {'type': 'bge', 'model': 'x'}}); "
+        "print(sorted(m for m in ('bm25s', 'numba') if m in sys.modules)); "
+        "load_config({'loader': {'type': 'directory', 'path': '.'}, 'embeddings': {'type': 'bge', 'model': 'x'}, 'lexical': {'type': 'bm25', 'stopwords': 'english'}}); "
+        "print(sorted(m for m in ('bm25s', 'numba') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert "bm25s" in out[1]  # the stopword list is validated against bm25s's own

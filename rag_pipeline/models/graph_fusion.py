@@ -1,0 +1,263 @@
+"""oneDNN Graph fusion of a transformer encoder on the CPU: attention in one kernel.
+
+Why: in bf16 on a CPU with AVX512-BF16, oneDNN runs the linear layers near the matrix ceiling,
+but PyTorch's fused CPU attention (``scaled_dot_product_attention``) runs at ~100 GFLOP/s in
+bf16 and fp32 alike. So attention, 10% of MiniLM's FLOPs at 256 tokens, took 45% of the time.
+Traced with TorchScript and frozen, the eager attention's ops (matmul, scale, mask, softmax,
+matmul) become one oneDNN Graph partition, and the layer norms and GELUs are fused around the
+linears. Encoding then runs 1.7x faster in bf16 and 2x in fp32 (``benchmarks/results/precision.md``).
+``torch.compile`` with freezing gained only 1.2x here: inductor leaves attention to the same
+slow kernel.
+
+How: the Hugging Face model inside a sentence-transformers ``Transformer`` module keeps its
+weights and its eager ``forward``. Its instance ``forward`` becomes a :class:`FusedForward`.
+On the first batch worth fusing, it traces the model (eager attention) on a corner of that batch,
+freezes it, and checks the graph against the eager model on a corner of another shape (cosine
+>= ``AGREEMENT`` per row). From then on the graph answers. Anything it was not traced for runs
+eagerly, as before: hidden states asked for, other inputs, gradients, small batches. A trace
+that fails or disagrees, or a graph that fails later, switches fusion off for that model with one
+warning. No result is served from a graph that did not pass the check.
+
+Sequence lengths are padded up to a multiple of ``PAD_TO`` before the graph, and the outputs
+are cut back. oneDNN compiles the fused partitions for each input shape; without the padding,
+every batch of a sorted corpus would be a new shape and pay a compile.
+
+``RAG_PIPELINE_GRAPH_FUSION=0`` switches it off for the process (to compare, or to rule it out).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GRAPH_FUSION_ENV = "RAG_PIPELINE_GRAPH_FUSION"
+PAD_TO = 32
+TRACE_LENGTH = PAD_TO // 2  # the trace's example is 2 rows of this many tokens; the check's, 3 rows of twice it
+# Batches smaller than this many tokens (batch x padded length) run eagerly: a query is one short
+# sequence, where a new shape's compile would cost more than fusion ever saves on it.
+MIN_TOKENS = 1024
+AGREEMENT = 0.999  # lowest cosine between a traced and an eager output row accepted
+_FUSABLE_DTYPES = ("bfloat16", "float32")
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Output fields a Transformer module reads: the token states (cut back to the unpadded length),
+# a pooled state, a classification head's logits.
+_OUTPUTS = ("last_hidden_state", "pooler_output", "logits")
+
+
+def graph_fusion_enabled() -> bool:
+    return os.environ.get(GRAPH_FUSION_ENV, "").strip() != "0"
+
+
+def fuse_for_cpu(model: Any, *, device: str, dtype: str, eager_calls_first: int = 0) -> bool:
+    """Give each Hugging Face encoder inside a sentence-transformers model (bi- or cross-encoder) a
+    :class:`FusedForward`. Returns whether any was installed; a model this does not apply to
+    (not on the CPU, fp16/int8, no Transformer module, fusion switched off) is left as it was.
+
+    ``eager_calls_first``: batches worth fusing that still run eagerly before the trace. The first
+    graph call at a new shape costs more than an eager one (trace, then a profiling run), so a
+    process that reranks once (``rag-pipeline query``) is faster without the graph; the reranker
+    waits one call, the embedder (which ingests in many batches) none."""
+    if device != "cpu" or dtype not in _FUSABLE_DTYPES or not graph_fusion_enabled():
+        return False
+    installed = False
+    for module in _transformer_modules(model):
+        hf_model = getattr(module, "model", None)
+        if hf_model is None or isinstance(getattr(hf_model, "forward", None), FusedForward):
+            continue
+        if not _is_encoder(hf_model):
+            continue
+        hf_model.forward = FusedForward(hf_model, eager_calls_first=eager_calls_first)
+        installed = True
+    return installed
+
+
+def _transformer_modules(model: Any) -> list[Any]:
+    try:
+        from sentence_transformers.models import Transformer
+    except ImportError:  # pragma: no cover - sentence-transformers is a core dependency
+        return []
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return []
+    return [m for m in modules() if isinstance(m, Transformer)]
+
+
+def _is_encoder(hf_model: Any) -> bool:
+    """Bidirectional text encoders with an eager attention to switch to (BERT, XLM-R, ...)."""
+    config = getattr(hf_model, "config", None)
+    if config is None or getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
+        return False
+    return hasattr(hf_model, "set_attn_implementation") and getattr(config, "pad_token_id", None) is not None
+
+
+class FusedForward:
+    """Stands in for a Hugging Face model's ``forward``; see the module docstring."""
+
+    def __init__(self, hf_model: Any, *, eager_calls_first: int = 0) -> None:
+        self._model = hf_model
+        self._eager_calls_left = eager_calls_first
+        self._eager = hf_model.forward  # the bound method, whatever attention the model was loaded with
+        self._pad_id = int(hf_model.config.pad_token_id)
+        self._graphs: dict[tuple[str, ...], Any] = {}  # input names -> traced graph and its outputs
+        self._lock = threading.Lock()
+        self.disabled_because: str | None = None
+        self.fused_calls = 0  # batches answered by the graph
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs = self._fusable_inputs(args, kwargs)
+        if inputs is None:
+            return self._eager(*args, **kwargs)
+        names = tuple(inputs)
+        graph = self._graphs.get(names)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(names)
+                if graph is None:
+                    if self.disabled_because is not None or self._eager_calls_left > 0:
+                        self._eager_calls_left -= 1
+                        return self._eager(*args, **kwargs)
+                    return self._trace(inputs, args, kwargs)
+        if graph is False:
+            return self._eager(*args, **kwargs)
+        try:
+            answer = self._run(graph, inputs)
+            self.fused_calls += 1
+            return answer
+        except RuntimeError as exc:  # a shape or input the graph cannot take: eager from now on
+            with self._lock:
+                self._disable(names, exc)
+            return self._eager(*args, **kwargs)
+
+    def _fusable_inputs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        import torch
+
+        if args or self.disabled_because is not None or torch.is_grad_enabled():
+            # A frozen graph has no backward: training and anything else that wants gradients runs eagerly.
+            return None
+        extra = {k: v for k, v in kwargs.items() if k not in _INPUTS and v is not None}
+        if any(k != "return_dict" for k in extra) or extra.get("return_dict", True) is not True:
+            return None  # hidden states, attentions, position ids ...: not what the graph was traced for
+        inputs = {k: kwargs[k] for k in _INPUTS if kwargs.get(k) is not None}
+        ids = inputs.get("input_ids")
+        if ids is None or "attention_mask" not in inputs or ids.dim() != 2:
+            return None
+        if ids.shape[0] * _padded_length(ids.shape[1]) < MIN_TOKENS:
+            return None
+        return inputs
+
+    def _padded(self, inputs: dict[str, Any]) -> tuple[list[Any], int]:
+        import torch.nn.functional as F
+
+        length = inputs["input_ids"].shape[1]
+        extra = _padded_length(length) - length
+        values = []
+        for name, tensor in inputs.items():
+            fill = self._pad_id if name == "input_ids" else 0
+            values.append(F.pad(tensor, (0, extra), value=fill) if extra else tensor)
+        return values, length
+
+    def _trace(self, inputs: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Trace on a corner of this batch, check the graph against eager on another corner of a
+        different shape (a trace that had baked one shape in would show it there), then answer
+        the batch with the graph. Tracing and checking on a few short rows costs ~0.3 s for
+        MiniLM; on the whole batch it cost ~1.5 s more (benchmarks/results/precision.md)."""
+        names = tuple(inputs)
+        values, _ = self._padded(inputs)
+        trace_example = [v[:2, :TRACE_LENGTH] for v in values]
+        check_example = [v[:3, : 2 * TRACE_LENGTH] for v in values]
+        try:
+            graph = self._build(names, trace_example)
+            reference = self._eager(**dict(zip(names, check_example)), return_dict=True)
+            outputs = tuple(name for name in _OUTPUTS if _field(reference, name) is not None)
+            graph = (graph, outputs)
+            fused = self._run(graph, dict(zip(names, check_example)))
+            for name in outputs:
+                agreement = _min_cosine(_field(fused, name), _field(reference, name))
+                if agreement < AGREEMENT:
+                    raise ValueError(f"{name} differs from eager (cosine {agreement:.4f} < {AGREEMENT})")
+            answer = self._run(graph, inputs)
+            self.fused_calls += 1
+        except Exception as exc:  # noqa: BLE001 - any failure means: stay eager, and say so once
+            self._disable(names, exc)
+            return self._eager(*args, **kwargs)
+        self._graphs[names] = graph
+        logger.debug("oneDNN Graph fusion on for %s (inputs %s)", type(self._model).__name__, names)
+        return answer
+
+    def _disable(self, names: tuple[str, ...], exc: Exception) -> None:
+        message = str(exc).splitlines()[0][:200] if str(exc) else ""
+        self.disabled_because = f"{type(exc).__name__}: {message}"
+        self._graphs[names] = False
+        logger.warning("oneDNN Graph fusion off for %s (%s); running it eagerly",
+                       type(self._model).__name__, self.disabled_because)
+
+    def _build(self, names: tuple[str, ...], example: list[Any]) -> Any:
+        import torch
+
+        model = self._model
+        eager_forward = self._eager
+
+        class Traced(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = model
+
+            def forward(self, *values):
+                out = eager_forward(**dict(zip(names, values)), return_dict=True)
+                return tuple(_field(out, name) for name in _OUTPUTS if _field(out, name) is not None)
+
+        previous = _attention_implementation(model)
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            # Eager attention is what oneDNN Graph pattern-matches into one fused partition; SDPA
+            # would stay a single opaque (and, on CPU, slow) op in the graph.
+            model.set_attn_implementation("eager")
+            with torch.no_grad(), warnings.catch_warnings():
+                # The tracer warns about every Python-level shape check in the model's code; the
+                # check against eager below is what decides whether the trace is right.
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(Traced().eval(), tuple(example), strict=False, check_trace=False)
+                return torch.jit.freeze(traced)
+        finally:
+            model.set_attn_implementation(previous)
+
+    def _run(self, graph: Any, inputs: dict[str, Any]) -> Any:
+        import torch
+        from transformers.modeling_outputs import ModelOutput
+
+        traced, outputs = graph
+        values, length = self._padded(inputs)
+        with torch.no_grad():
+            results = traced(*values)
+        fields = {}
+        for name, value in zip(outputs, results):
+            fields[name] = value[:, :length] if name == "last_hidden_state" else value
+        return ModelOutput(fields)
+
+
+def _padded_length(length: int) -> int:
+    return -(-length // PAD_TO) * PAD_TO
+
+
+def _field(output: Any, name: str) -> Any:
+    try:
+        return output[name]
+    except (KeyError, TypeError, IndexError):
+        return getattr(output, name, None)
+
+
+def _attention_implementation(model: Any) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "sdpa"
+
+
+def _min_cosine(a: Any, b: Any) -> float:
+    import torch
+
+    a = a.float().reshape(a.shape[0], -1)
+    b = b.float().reshape(b.shape[0], -1)
+    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12).min().item()

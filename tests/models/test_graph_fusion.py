@@ -1,0 +1,168 @@
+"""oneDNN Graph fusion: a fused model gives the eager model's outputs, on every shape, and anything
+the graph was not traced for (small batches, gradients, hidden states) runs eagerly."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from model_factory import SAMPLE_CORPUS, minilm_path
+from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers.models import Transformer
+
+from rag_pipeline.embeddings import BgeEmbeddings, BgeEmbeddingsConfig
+from rag_pipeline.models import graph_fusion
+from rag_pipeline.models.graph_fusion import FusedForward, fuse_for_cpu
+from rag_pipeline.rerankers import BgeReranker
+
+
+@pytest.fixture(autouse=True)
+def warnings_reach_caplog(monkeypatch):
+    monkeypatch.setattr(graph_fusion.logger, "disabled", False)
+
+
+def passages(count: int = 40) -> list[str]:
+    """Real prose of varied lengths (sentences of the sample corpus, joined in runs of 1-6)."""
+    sentences = []
+    for path in sorted(SAMPLE_CORPUS.glob("*.txt")):
+        sentences += [s.strip() + "." for s in path.read_text(encoding="utf-8").replace("\n", " ").split(".") if len(s.strip()) > 20]
+    texts, i = [], 0
+    while len(texts) < count:
+        run = 1 + len(texts) % 6
+        texts.append(" ".join(sentences[(i + j) % len(sentences)] for j in range(run)))
+        i += run
+    return texts
+
+
+def minilm(dtype: torch.dtype = torch.float32) -> SentenceTransformer:
+    model = SentenceTransformer(str(minilm_path()), device="cpu", model_kwargs={"dtype": dtype})
+    model.max_seq_length = 256
+    return model.eval()
+
+
+def fused_forward(model) -> FusedForward:
+    forward = model[0].model.forward
+    assert isinstance(forward, FusedForward)
+    return forward
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def test_fused_minilm_gives_the_eager_vectors_on_every_batch_shape():
+    texts = passages(40)
+    eager = minilm().encode(texts, batch_size=16)
+    model = minilm()
+    assert fuse_for_cpu(model, device="cpu", dtype="float32")
+    forward = fused_forward(model)
+    for batch_size in (16, 7, 40):  # a last batch smaller than the rest; one batch of everything
+        fused = model.encode(texts, batch_size=batch_size)
+        assert fused.shape == eager.shape
+        assert min_cosine(fused, eager) > 0.99999
+    assert forward.disabled_because is None
+    assert forward.fused_calls >= 3  # the graph answered, not the fallback
+
+
+def test_bf16_fused_vectors_stay_interchangeable_with_fp32_eager():
+    texts = passages(32)
+    reference = minilm(torch.float32).encode(texts, batch_size=16)
+    model = minilm(torch.bfloat16)
+    assert fuse_for_cpu(model, device="cpu", dtype="bfloat16")
+    fused = model.encode(texts, batch_size=16, convert_to_numpy=True).astype(np.float32)
+    assert fused_forward(model).fused_calls >= 1
+    assert min_cosine(fused, reference) >= 0.999
+
+
+def test_small_batches_and_gradients_and_hidden_states_run_eagerly():
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    forward = fused_forward(model)
+    model.encode(["one short query"])  # 1 x 4 tokens: far below MIN_TOKENS
+    assert forward.fused_calls == 0 and not forward._graphs
+
+    batch = dict(model.tokenizer(passages(16), padding=True, truncation=True, max_length=256, return_tensors="pt"))
+    hf_model = model[0].model
+    with torch.no_grad():
+        plain = hf_model(**batch)
+    assert forward.fused_calls == 1 and plain.last_hidden_state.shape == batch["input_ids"].shape + (384,)
+    with torch.enable_grad():
+        trained = hf_model(**batch)
+    assert trained.last_hidden_state.requires_grad and forward.fused_calls == 1
+    with torch.no_grad():
+        layers = hf_model(**batch, output_hidden_states=True)
+    assert len(layers.hidden_states) == 7 and forward.fused_calls == 1
+    assert torch.allclose(layers.last_hidden_state, plain.last_hidden_state, atol=1e-4)
+
+
+def test_a_graph_that_disagrees_with_eager_is_dropped_with_one_warning(monkeypatch, caplog):
+    texts = passages(32)
+    eager = minilm().encode(texts, batch_size=16)
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    monkeypatch.setattr(graph_fusion, "AGREEMENT", 1.5)  # no cosine passes: the check must fail
+    with caplog.at_level(logging.WARNING):
+        vectors = model.encode(texts, batch_size=16)
+        model.encode(texts, batch_size=16)
+    forward = fused_forward(model)
+    assert forward.fused_calls == 0 and "differs from eager" in forward.disabled_because
+    (record,) = [r for r in caplog.records if "fusion off" in r.getMessage()]
+    assert "\n" not in record.getMessage()
+    np.testing.assert_allclose(vectors, eager, atol=1e-6)  # answered eagerly, not from the graph
+
+
+def test_a_graph_that_fails_at_run_time_falls_back_to_eager(monkeypatch, caplog):
+    texts = passages(32)
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    model.encode(texts, batch_size=16)
+    forward = fused_forward(model)
+    assert forward.fused_calls == 2
+
+    def broken(self, graph, inputs):
+        raise RuntimeError("shape not supported\nsecond line")
+
+    monkeypatch.setattr(FusedForward, "_run", broken)
+    with caplog.at_level(logging.WARNING):
+        vectors = model.encode(texts, batch_size=16)
+    assert min_cosine(vectors, minilm().encode(texts, batch_size=16)) > 0.99999
+    assert forward.disabled_because == "RuntimeError: shape not supported"
+
+
+def test_not_installed_off_the_cpu_in_fp16_int8_or_when_switched_off(monkeypatch):
+    model = minilm()
+    assert not fuse_for_cpu(model, device="cuda", dtype="float16")
+    assert not fuse_for_cpu(model, device="cpu", dtype="int8")
+    monkeypatch.setenv(graph_fusion.GRAPH_FUSION_ENV, "0")
+    assert not fuse_for_cpu(model, device="cpu", dtype="float32")
+    assert not isinstance(model[0].model.forward, FusedForward)
+    monkeypatch.delenv(graph_fusion.GRAPH_FUSION_ENV)
+    assert fuse_for_cpu(model, device="cpu", dtype="float32")
+    assert not fuse_for_cpu(model, device="cpu", dtype="float32")  # once is enough
+
+
+def test_the_loader_fuses_the_embedder_and_the_reranker(tiny_bge_dir, tiny_reranker_dir):
+    texts = passages(24)
+    embeddings = BgeEmbeddings(BgeEmbeddingsConfig(model=str(tiny_bge_dir), batch_size=16, show_progress=False))
+    vectors = embeddings.encode(texts)
+    forward = fused_forward(embeddings.client)
+    assert forward.fused_calls >= 1
+    reference = SentenceTransformer(str(tiny_bge_dir), device="cpu").encode(texts, batch_size=16)
+    assert min_cosine(vectors, reference) > 0.99999
+
+    reranker = BgeReranker(model=str(tiny_reranker_dir), max_length=128, device="cpu")
+    query = "how do I purify water when camping"
+    first = reranker.score(query, texts)
+    (cross_forward,) = [m.model.forward for m in reranker.cross_encoder.modules() if isinstance(m, Transformer)]
+    assert isinstance(cross_forward, FusedForward)
+    assert cross_forward.fused_calls == 0 and not cross_forward._graphs  # one rerank (a CLI query) stays eager
+    scores = reranker.score(query, texts)
+    assert cross_forward.fused_calls == 1
+    np.testing.assert_allclose(scores, first, atol=1e-5)
+    eager = CrossEncoder(str(tiny_reranker_dir), device="cpu", max_length=128).predict([(query, t) for t in texts])
+    probabilities = 1 / (1 + np.exp(-np.asarray(scores)))  # ours are logits; predict() applies a sigmoid
+    np.testing.assert_allclose(probabilities, eager, atol=1e-5)
