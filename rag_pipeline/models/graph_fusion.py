@@ -18,9 +18,11 @@ eagerly, as before: hidden states asked for, other inputs, gradients, small batc
 that fails or disagrees, or a graph that fails later, switches fusion off for that model with one
 warning. No result is served from a graph that did not pass the check.
 
-Sequence lengths are padded up to a multiple of ``PAD_TO`` before the graph, and the outputs
-are cut back. oneDNN compiles the fused partitions for each input shape; without the padding,
-every batch of a sorted corpus would be a new shape and pay a compile.
+The graph is compiled per input shape: a new shape's first call is TorchScript's profiling pass
+(attention unfused, about twice the steady time), its second compiles oneDNN's kernels. Two
+things keep that cost down. Sequence lengths are padded up to a multiple of ``PAD_TO`` (the
+outputs are cut back), so a sorted corpus meets a handful of lengths. And batches run in pieces
+of ``ROWS`` rows, which cost the same per row but a quarter as much to warm up.
 
 ``RAG_PIPELINE_GRAPH_FUSION=0`` switches it off for the process (to compare, or to rule it out).
 """
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 GRAPH_FUSION_ENV = "RAG_PIPELINE_GRAPH_FUSION"
 PAD_TO = 32
 TRACE_LENGTH = PAD_TO // 2  # the trace's example is 2 rows of this many tokens; the check's, 3 rows of twice it
+# The graph runs batches in pieces of this many rows.
+# Per row, 8 rows run as fast as 32 (8.4 vs 8.8 ms at 256 tokens), but each new shape's first two
+# calls (profiling, then compiling) cost a quarter as much: 0.14 s instead of 0.58 s over steady.
+ROWS = 8
 # Batches smaller than this many tokens (batch x padded length) run eagerly: a query is one short
 # sequence, where a new shape's compile would cost more than fusion ever saves on it.
 MIN_TOKENS = 1024
@@ -232,10 +238,16 @@ class FusedForward:
 
         traced, outputs = graph
         values, length = self._padded(inputs)
+        rows = values[0].shape[0]
+        pieces: list[tuple] = []
         with torch.no_grad():
-            results = traced(*values)
+            for start in range(0, rows, ROWS):
+                # A last piece of fewer rows runs at its own shape: filling it up with padding rows
+                # would cost compute on every call (20 reranker candidates are 8 + 8 + 4).
+                pieces.append(traced(*(v[start : start + ROWS] for v in values)))
         fields = {}
-        for name, value in zip(outputs, results):
+        for i, name in enumerate(outputs):
+            value = torch.cat([piece[i] for piece in pieces])[:rows]
             fields[name] = value[:, :length] if name == "last_hidden_state" else value
         return ModelOutput(fields)
 

@@ -166,3 +166,30 @@ def test_the_loader_fuses_the_embedder_and_the_reranker(tiny_bge_dir, tiny_reran
     eager = CrossEncoder(str(tiny_reranker_dir), device="cpu", max_length=128).predict([(query, t) for t in texts])
     probabilities = 1 / (1 + np.exp(-np.asarray(scores)))  # ours are logits; predict() applies a sigmoid
     np.testing.assert_allclose(probabilities, eager, atol=1e-5)
+
+
+def test_threads_sharing_a_fused_model_get_their_own_right_answers():
+    """The server and ``batch()`` call one loaded model from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = passages(48)
+    groups = [texts[0:16], texts[16:32], texts[32:48], texts[8:24]]
+    eager = [minilm().encode(group, batch_size=16) for group in groups]
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda group: model.encode(group, batch_size=16), groups * 2))
+    for got, expected in zip(results, eager * 2):
+        assert min_cosine(got, expected) > 0.99999
+    assert fused_forward(model).fused_calls >= 1 and fused_forward(model).disabled_because is None
+
+
+def test_config_show_says_whether_fusion_is_on(repo_root, capsys, monkeypatch):
+    from rag_pipeline.cli import main
+
+    config = str(repo_root / "configs" / "bge-small.yaml")
+    assert main(["config", "show", config, "--set", "embeddings.device=cpu"]) == 0
+    assert "# embeddings and reranker: oneDNN Graph fusion on" in capsys.readouterr().out
+    monkeypatch.setenv(graph_fusion.GRAPH_FUSION_ENV, "0")
+    assert main(["config", "show", config, "--set", "embeddings.device=cpu"]) == 0
+    assert "oneDNN Graph fusion off (RAG_PIPELINE_GRAPH_FUSION=0)" in capsys.readouterr().out
