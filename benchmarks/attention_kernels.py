@@ -202,9 +202,11 @@ def render(r: dict) -> str:
         "",
         "## 3. The fused graph per new input shape: its first five calls against eager SDPA",
         "",
-        "A new shape's first call runs TorchScript's profiling pass (unfused attention, about twice the steady time), "
-        "the second compiles oneDNN Graph's kernels for it; from the third on the graph runs at its steady rate. "
-        "Shapes are padded to multiples of 32 tokens (`PAD_TO`) so a sorted corpus meets few of them. The first row's first call also traces the model and checks the graph against eager (the first batch a model ever fuses).",
+        "The graph runs a batch in pieces of 8 rows (`ROWS`). At a new shape, the first piece runs TorchScript's profiling "
+        "pass (unfused attention, about twice the steady time) and the second compiles oneDNN Graph's kernels for it; the "
+        "rest run at the steady rate. So a 32-row batch absorbs a new shape's warm-up within its first call. Shapes are "
+        "padded to multiples of 32 tokens (`PAD_TO`) so a sorted corpus meets few of them. The first row's first call also "
+        "traces the model and checks the graph against eager (the first batch a model ever fuses).",
         "",
         "| shape | fused calls ms (1st ... 5th) | eager SDPA ms | steady fused vs eager |",
         "| --- | --- | ---: | ---: |",

@@ -5,7 +5,7 @@ but PyTorch's fused CPU attention (``scaled_dot_product_attention``) runs at ~10
 bf16 and fp32 alike. So attention, 10% of MiniLM's FLOPs at 256 tokens, took 45% of the time.
 Traced with TorchScript and frozen, the eager attention's ops (matmul, scale, mask, softmax,
 matmul) become one oneDNN Graph partition, and the layer norms and GELUs are fused around the
-linears. Encoding then runs 1.7x faster in bf16 and 2x in fp32 (``benchmarks/results/precision.md``).
+linears. Encoding then runs 1.6x faster in bf16 and 2x in fp32 (``benchmarks/results/precision.md``).
 ``torch.compile`` with freezing gained only 1.2x here: inductor leaves attention to the same
 slow kernel.
 
