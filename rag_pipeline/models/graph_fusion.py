@@ -238,16 +238,15 @@ class FusedForward:
 
         traced, outputs = graph
         values, length = self._padded(inputs)
-        rows = values[0].shape[0]
         pieces: list[tuple] = []
         with torch.no_grad():
-            for start in range(0, rows, ROWS):
+            for start in range(0, values[0].shape[0], ROWS):
                 # A last piece of fewer rows runs at its own shape: filling it up with padding rows
                 # would cost compute on every call (20 reranker candidates are 8 + 8 + 4).
                 pieces.append(traced(*(v[start : start + ROWS] for v in values)))
         fields = {}
         for i, name in enumerate(outputs):
-            value = torch.cat([piece[i] for piece in pieces])[:rows]
+            value = torch.cat([piece[i] for piece in pieces])
             fields[name] = value[:, :length] if name == "last_hidden_state" else value
         return ModelOutput(fields)
 
