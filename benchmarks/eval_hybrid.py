@@ -132,7 +132,7 @@ def test_runs(dataset: Path, index: Path, dense_weight: float, out: Path) -> dic
     }
 
 
-def latency(dataset: Path, index: Path, repeats: int = 1) -> dict:
+def latency(dataset: Path, index: Path, repeats: int = 1, precision: str | None = None) -> dict:
     from rag_pipeline import Pipeline
     from rag_pipeline.evaluation import load_beir
     from rag_pipeline.evaluation.runner import eval_collection_name
@@ -146,6 +146,8 @@ def latency(dataset: Path, index: Path, repeats: int = 1) -> dict:
         ("dense alone", {"retriever.arms": ["dense"]}),
         ("bm25 alone", {"retriever.arms": ["bm25"]}),
     ):
+        if precision is not None:  # the configs pin fp32; `auto` is what a user's pipeline runs
+            overrides = {**overrides, "embeddings.precision": precision}
         pipe = Pipeline.from_yaml(CONFIGS["hybrid"], overrides={"vectorstore.persist_directory": str(index), **overrides})
         collection = eval_collection_name(pipe.config.vectorstore.collection, test)
         pipe = Pipeline.from_config(pipe.config, overrides={"vectorstore.collection": collection, "retriever.search": "ann"})
@@ -365,6 +367,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=REPO / ".index" / "scifact-hybrid")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--phases", default="sweep,test,latency,bm25")
+    parser.add_argument("--precision", default=None, help="latency: embeddings.precision for the query embedder (default: the config's)")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +382,7 @@ def main() -> None:
             raise SystemExit("run the sweep phase first: the test run uses the weight chosen on train")
         results["test"] = test_runs(args.dataset, args.index, chosen, args.out)
     if "latency" in phases:
-        results["latency"] = latency(args.dataset, args.index)
+        results["latency"] = latency(args.dataset, args.index, precision=args.precision)
     if "bm25" in phases:
         results["bm25"] = bm25_cost(args.dataset)
     if "defaults" in phases:
