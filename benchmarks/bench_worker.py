@@ -184,6 +184,7 @@ def percentile_95(values: list[float]) -> float:
 
 def rerank(args) -> dict:
     """Latency of one ``BgeReranker.score`` call: ``--pairs`` candidates of exactly ``--tokens`` tokens each."""
+    from rag_pipeline.models.graph_fusion import graph_fusion_enabled
     from rag_pipeline.rerankers import BgeReranker
 
     started = time.perf_counter()
@@ -212,7 +213,7 @@ def rerank(args) -> dict:
         "pairs": len(passages), "mean_pair_tokens": statistics.mean(pair_tokens),
         "p50_ms": statistics.median(latencies), "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
         "load_s": loaded - started, "latencies_ms": latencies, "first_calls_ms": first_calls,
-        "graph_fusion": os.environ.get("RAG_PIPELINE_GRAPH_FUSION", "1") != "0",
+        "graph_fusion": graph_fusion_enabled(),
     }
 
 

@@ -490,8 +490,8 @@ def _print_precisions(config) -> None:
     for section in ("embeddings", "reranker"):
         stage = getattr(config, section, None)
         if stage is not None and hasattr(stage, "precision") and hasattr(stage, "device"):
-            print("# " + describe_precision(stage.device, stage.precision, section))
             resolved = resolve_precision(stage.device, stage.precision, section)
+            print("# " + describe_precision(stage.device, stage.precision, section, resolved))
             if resolved.device == "cpu" and resolved.dtype in ("float32", "bfloat16") and stage.type != "bge-m3":
                 fusable.append(section)
     if fusable:

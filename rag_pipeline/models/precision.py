@@ -186,7 +186,8 @@ def resolve_precision(device: str, precision: str, what: str) -> Precision:
     return Precision(resolved_device, _TORCH_NAMES[requested], "asked")
 
 
-def describe_precision(device: str, precision: str, what: str) -> str:
-    """One line for ``config show``: what ``precision`` becomes here, and why."""
-    resolved = resolve_precision(device, precision, what)
+def describe_precision(device: str, precision: str, what: str, resolved: Precision | None = None) -> str:
+    """One line for ``config show``: what ``precision`` becomes here, and why (``resolved``: the
+    caller's own ``resolve_precision`` of the same, so that a fallback warns once)."""
+    resolved = resolved or resolve_precision(device, precision, what)
     return f"{what}.precision: {normalise_precision(precision)} -> {resolved.name} on {resolved.device} ({resolved.reason})"

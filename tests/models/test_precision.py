@@ -137,3 +137,13 @@ def test_cache_identity_takes_the_precision_from_the_config(tiny_bge_dir, precis
     identity = embeddings.cache_identity()
     assert identity["dtype"] == expected
     assert identity["identity"] == embeddings.identity and identity["max_seq_length"] == 128
+
+
+def test_config_show_warns_once_for_a_fallback(repo_root, capsys, caplog, cpu_without_bf16):
+    from rag_pipeline.cli import main
+
+    with caplog.at_level(logging.WARNING):
+        assert main(["config", "show", str(repo_root / "configs" / "bge-small.yaml"), "--set", "embeddings.device=cpu",
+                     "--set", "embeddings.precision=bf16"]) == 0
+    assert "# embeddings.precision: bf16 -> fp32 on cpu" in capsys.readouterr().out
+    assert len([r for r in caplog.records if r.getMessage().startswith("embeddings.precision is bf16 but")]) == 1
