@@ -218,17 +218,17 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, prefix=section, model=registration.config_model)) from None
     retriever = sections.get("retriever")
-    for kind, message in (getattr(retriever, "required_stages", dict)() or {}).items():
+    for kind, message in retriever.required_stages().items():
         if sections.get(kind) is None:
             raise ConfigError(message)
     # A stage that works only beside certain types of another stage says so (BGE-M3's sparse index
     # and retriever need its embedder): refused here, before anything is built or loaded.
     for stage in sections.values():
-        for kind, (types, message) in (getattr(stage, "required_types", dict)() or {}).items():
+        for kind, (types, message) in stage.required_types().items():
             if sections.get(kind) is None or sections[kind].type not in types:
                 raise ConfigError(message)
     # An index with no folder on this machine (a Chroma server) cannot hold the record, lock and cache.
-    needs_state = getattr(sections.get("vectorstore"), "state_directory_required", None)
+    needs_state = sections["vectorstore"].state_directory_required
     if needs_state and (raw.get("ingest") or {}).get("state_directory") is None:
         raise ConfigError(needs_state)
     rest = {k: v for k, v in raw.items() if k not in KINDS}

@@ -38,16 +38,17 @@ class StageKind:
     optional: bool = False  # the section may be left out (no stage of this kind)
     required: bool = False  # the section must be written (it has no usable defaults)
     needs: tuple[str, ...] = ()
+    indexes: bool = False  # an index of chunks: it serves the collection the index record names active
 
 
 STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("loader", "directory", required=True),
     StageKind("embeddings", "bge", required=True),
     StageKind("chunker", "recursive", needs=("embeddings",)),
-    StageKind("vectorstore", "chroma", needs=("embeddings",)),
+    StageKind("vectorstore", "chroma", needs=("embeddings",), indexes=True),
     StageKind("reranker", "bge-reranker", optional=True),
     # a lexical index beside the dense one (hybrid retrieval); BGE-M3's sparse index encodes with the embedder
-    StageKind("lexical", "bm25", optional=True, needs=("embeddings",)),
+    StageKind("lexical", "bm25", optional=True, needs=("embeddings",), indexes=True),
     StageKind("retriever", "dense", needs=("embeddings", "vectorstore", "reranker", "lexical")),
 )
 KINDS: dict[str, StageKind] = {kind.name: kind for kind in STAGE_KINDS}

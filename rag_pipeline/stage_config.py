@@ -21,6 +21,25 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
     type: str
 
+    # -- hooks the config loader and the index ask every stage (override where they apply) --------
+    def required_stages(self) -> dict[str, str]:
+        """Optional stage kinds this stage cannot work without, each with the message to refuse with."""
+        return {}
+
+    def required_types(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """Stage kinds whose ``type`` must be one of a few, each with the message to refuse with."""
+        return {}
+
+    @property
+    def state_directory_required(self) -> str | None:
+        """Why ``ingest.state_directory`` must be set (an index with no folder here), or None."""
+        return None
+
+    def indexes_searched(self) -> frozenset[str]:
+        """A retriever's: the index kinds it reads (``vectorstore``, ``lexical``); an index it does
+        not read need not be built for it (evaluation)."""
+        return frozenset({"vectorstore", "lexical"})
+
 
 def _base_dir(info: ValidationInfo) -> Path | None:
     base_dir = (info.context or {}).get("base_dir")

@@ -1,8 +1,9 @@
 """Run a configured pipeline over a BEIR collection and score it: the ``rag-pipeline eval`` engine.
 
 Why it is built this way:
-  * The corpus goes through the pipeline's own chunker, embeddings and ``index_chunks`` (so the
-    evaluation measures what users run), into a collection of its own,
+  * The corpus goes through the pipeline's own chunker, embeddings and write path (so the
+    evaluation measures what users run), into a collection of its own, in only the indexes the
+    retriever searches (a BM25-only config embeds nothing),
     ``<vectorstore.collection>-eval-<dataset>`` (``...-subset`` for a subset), so a user's index
     is never touched. Passage vectors come from the on-disk embedding cache beside a persistent
     index, so evaluating the same model twice does not embed the corpus twice.
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..config import PipelineConfig, load_config
 from ..errors import ConfigError, IndexMismatchError
+from ..indexing.report import IngestReport
 from ..pipeline import Pipeline
 from ..retrieval.path import document_key
 from .beir import BeirDataset
@@ -187,98 +189,33 @@ def evaluate(
         raise ConfigError(f"evaluation depth must be positive, got {depth}")
     if search not in ("exact", "ann"):
         raise ConfigError(f"--search must be exact or ann, got {search!r}")
-    collection = eval_collection_name(getattr(base.vectorstore, "collection", "index"), dataset)
-    pipe = Pipeline.from_config(
-        base, overrides={"vectorstore.collection": collection, "retriever.search": search}
-    )
+    collection = eval_collection_name(base.vectorstore.collection, dataset)
+    pipe = Pipeline.from_config(base, overrides={"vectorstore.collection": collection, "retriever.search": search})
     if show_progress is not None:
         pipe.config.embeddings.show_progress = show_progress
     show_progress = pipe.config.embeddings.show_progress
-    timings: dict[str, Any] = {}
+    timings: dict[str, Any] = {"load_models": _load_models(pipe)}
+    timings["index"], index_changed = _index_corpus(pipe, dataset, show_progress, reuse)
 
-    tick = time.perf_counter()
-    embeddings = pipe.embeddings
-    embeddings.warm_up()  # load now, so that the model's load time is not billed to indexing
-    reranker = pipe.reranker
-    if reranker is not None:
-        reranker.warm_up()
-    timings["load_models"] = time.perf_counter() - tick
-
-    # -- index the corpus (under the index's write lock: eval writes into the same folder) --------
-    tick = time.perf_counter()
-    chunks = pipe.chunker.split_documents(dataset.documents())
-    if not chunks:
-        raise ConfigError(f"{dataset.path}: the corpus has no text to index")
-    with pipe.state.lock(pipe.config.ingest.lock_timeout):
-        rebuilt = _open_eval_collection(pipe.store)
-        changed = _drop_stale_chunks(pipe.store, {c.id for c in chunks})
-        if pipe.lexical is not None:
-            changed += _drop_stale_chunks(pipe.lexical, {c.id for c in chunks})
-            # index_chunks counts dense writes only; a lexical index that gains texts changes too
-            changed += len({c.id for c in chunks} - pipe.lexical.ids())
-        # truncation is reported once, below, over every chunk (not only this run's new ones)
-        report = pipe.index_chunks(chunks, show_progress=show_progress, report_truncated=False)
-    chunk_texts = [c.page_content for c in chunks]
-    token_counts = reuse.count_tokens(embeddings, chunk_texts) if reuse is not None else embeddings.count_tokens(chunk_texts)
-    timings["index"] = {
-        "seconds": time.perf_counter() - tick,
-        "chunks": len(chunks),
-        "embedded": report.embedded,
-        "from_cache": report.added - report.embedded,
-        "already_indexed": report.skipped,
-        "truncated": sum(1 for n in token_counts if n > embeddings.max_seq_length),
-        "max_seq_length": embeddings.max_seq_length,
-        "mean_tokens": float(np.mean(token_counts)),
-        "collection": collection,
-    }
-
-    # -- first stage: the serving path, all queries embedded at once, searched in batches ---------
     path = pipe.as_retriever().path
     if reuse is not None:
         settings, described = pipe.config.to_dict(), dataset.describe()
         index_setup = search_setup({k: v for k, v in settings.items() if k not in ("retriever", "reranker")}, described)
-        path = reuse.wrap(
-            path, search_setup(settings, described),
-            index_setup=index_setup, index_changed=rebuilt or changed > 0 or report.added > 0,
-        )
+        path = reuse.wrap(path, search_setup(settings, described), index_setup=index_setup, index_changed=index_changed)
         reused_before = reuse.snapshot()
     query_ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in query_ids]
-    tick = time.perf_counter()
-    encoded = path.encode(texts)
-    timings["embed_queries"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    rerank_depth = (rerank_depth or pipe.config.retriever.fetch_k) if reranker is not None else 0
     # As BEIR: search one deeper, so that dropping the query's own id still leaves `depth` documents.
-    extra = 1 if ignore_identical_ids else 0
-    hits = path.covering(texts, depth + extra, encoded=encoded, with_text=reranker is not None)
-    doc_runs = [_best_chunk_per_doc(found, depth + extra) for found in hits]
-    timings["search"] = time.perf_counter() - tick
-    first_stage = dict(zip(query_ids, doc_runs))
-
-    # -- each arm alone (hybrid): the same search through one arm, reported beside the fusion -------
-    arm_runs: dict[str, dict[str, dict[str, float]]] = {}
-    if len(path.arms) > 1:
-        tick = time.perf_counter()
-        for index, arm in enumerate(path.arms):
-            alone = path.arm_path(index).covering(texts, depth + extra, encoded=[encoded[index]], with_text=False)
-            run = dict(zip(query_ids, (_best_chunk_per_doc(found, depth + extra) for found in alone)))
-            arm_runs[arm.name] = drop_identical_ids(run, depth) if ignore_identical_ids else run
-        timings["search_arms"] = time.perf_counter() - tick
-
-    # -- reranking: the path's own rerank step over the top chunks ---------------------------------
+    deep = depth + (1 if ignore_identical_ids else 0)
+    reranker = pipe.reranker
+    encoded, hits, first_stage = _first_stage(path, query_ids, texts, deep, reranker is not None, timings)
+    arm_runs = _arm_runs(path, query_ids, texts, encoded, deep, depth, ignore_identical_ids, timings)
+    rerank_depth = (rerank_depth or pipe.config.retriever.fetch_k) if reranker is not None else 0
     final = first_stage
-    timings["rerank"] = 0.0
     if reranker is not None:
-        tick = time.perf_counter()
-        final = {}
-        for q, text, found in tqdm(
-            list(zip(query_ids, texts, hits)), desc="Reranking", unit="query", disable=not show_progress
-        ):
-            pool = [h for h in found if not (ignore_identical_ids and document_key(h) == q)][:rerank_depth]
-            reranked = path.rerank(text, pool, top_n=None)
-            final[q] = _reranked_run(reranked, first_stage[q], depth + extra)
-        timings["rerank"] = time.perf_counter() - tick
+        final = _rerank(path, query_ids, texts, hits, first_stage, rerank_depth, deep, ignore_identical_ids, show_progress, timings)
+    else:
+        timings["rerank"] = 0.0
     if ignore_identical_ids:
         first_stage = drop_identical_ids(first_stage, depth)
         final = drop_identical_ids(final, depth) if reranker is not None else first_stage
@@ -317,6 +254,87 @@ def evaluate(
     )
 
 
+# -- the steps of an evaluation ------------------------------------------------------------------------
+def _load_models(pipe: Pipeline) -> float:
+    """Load the models now, so that their load time is not billed to indexing; seconds. (An
+    embedder whose index the retriever does not search is never loaded.)"""
+    tick = time.perf_counter()
+    if "vectorstore" in pipe.config.retriever.indexes_searched():
+        pipe.embeddings.warm_up()
+    if pipe.reranker is not None:
+        pipe.reranker.warm_up()
+    return time.perf_counter() - tick
+
+
+def _index_corpus(pipe: Pipeline, dataset: BeirDataset, show_progress: bool, reuse: SweepMemo | None) -> tuple[dict[str, Any], bool]:
+    """Make the evaluation collection hold exactly the corpus's chunks, in the indexes the
+    retriever searches (through the one write path, keeping no record); its timings, and whether
+    the collection changed."""
+    tick = time.perf_counter()
+    chunks = pipe.chunker.split_documents(dataset.documents())
+    if not chunks:
+        raise ConfigError(f"{dataset.path}: the corpus has no text to index")
+    searched = pipe.config.retriever.indexes_searched()
+    report = IngestReport(chunks=len(chunks))
+    with pipe.index.writing(recorded=False, indexes=searched) as session:
+        rebuilt = "vectorstore" in searched and _open_eval_collection(pipe.store)
+        changed = session.keep_only({c.id for c in chunks})
+        changed += session.write_missing(chunks, report, show_progress=show_progress)
+    embeddings = pipe.embeddings
+    chunk_texts = [c.page_content for c in chunks]
+    token_counts = reuse.count_tokens(embeddings, chunk_texts) if reuse is not None else embeddings.count_tokens(chunk_texts)
+    timings = {
+        "seconds": time.perf_counter() - tick,
+        "chunks": len(chunks),
+        "embedded": report.embedded,
+        "from_cache": report.added - report.embedded,
+        "already_indexed": report.skipped,
+        "truncated": sum(1 for n in token_counts if n > embeddings.max_seq_length),
+        "max_seq_length": embeddings.max_seq_length,
+        "mean_tokens": float(np.mean(token_counts)),
+        "collection": pipe.store.collection_name,
+    }
+    return timings, rebuilt or changed > 0
+
+
+def _first_stage(path, query_ids, texts, deep: int, with_text: bool, timings: dict[str, Any]):
+    """The serving path's first stage, all queries embedded at once and searched in batches."""
+    tick = time.perf_counter()
+    encoded = path.encode(texts)
+    timings["embed_queries"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    hits = path.covering(texts, deep, encoded=encoded, with_text=with_text)
+    first_stage = dict(zip(query_ids, (_best_chunk_per_doc(found, deep) for found in hits)))
+    timings["search"] = time.perf_counter() - tick
+    return encoded, hits, first_stage
+
+
+def _arm_runs(path, query_ids, texts, encoded, deep: int, depth: int, ignore_identical_ids: bool, timings):
+    """With several arms (hybrid): the same search through each arm alone, reported beside the fusion."""
+    arm_runs: dict[str, dict[str, dict[str, float]]] = {}
+    if len(path.arms) < 2:
+        return arm_runs
+    tick = time.perf_counter()
+    for index, arm in enumerate(path.arms):
+        alone = path.arm_path(index).covering(texts, deep, encoded=[encoded[index]], with_text=False)
+        run = dict(zip(query_ids, (_best_chunk_per_doc(found, deep) for found in alone)))
+        arm_runs[arm.name] = drop_identical_ids(run, depth) if ignore_identical_ids else run
+    timings["search_arms"] = time.perf_counter() - tick
+    return arm_runs
+
+
+def _rerank(path, query_ids, texts, hits, first_stage, rerank_depth, deep, ignore_identical_ids, show_progress, timings):
+    """The path's own rerank step over each query's top ``rerank_depth`` chunks."""
+    tick = time.perf_counter()
+    final = {}
+    for q, text, found in tqdm(list(zip(query_ids, texts, hits)), desc="Reranking", unit="query", disable=not show_progress):
+        pool = [h for h in found if not (ignore_identical_ids and document_key(h) == q)][:rerank_depth]
+        reranked = path.rerank(text, pool, top_n=None)
+        final[q] = _reranked_run(reranked, first_stage[q], deep)
+    timings["rerank"] = time.perf_counter() - tick
+    return final
+
+
 def _open_eval_collection(index) -> bool:
     """The eval collection is derived data: one built by another model is dropped and rebuilt
     (its vectors come back from the embedding cache) rather than refused as a user's index is.
@@ -329,15 +347,6 @@ def _open_eval_collection(index) -> bool:
         index.check()
         return True
     return False
-
-
-def _drop_stale_chunks(index, wanted: set[str]) -> int:
-    """Remove chunks that are not in this corpus (another subset, another chunker setting); how many."""
-    stale = sorted(index.ids() - wanted)
-    if stale:
-        index.delete(stale)
-        logger.info("removed %d chunks that are not part of this evaluation corpus", len(stale))
-    return len(stale)
 
 
 def _best_chunk_per_doc(chunks: list[Document], depth: int) -> dict[str, float]:

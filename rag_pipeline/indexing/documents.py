@@ -9,9 +9,9 @@ Two ways in, both recorded as ``api`` sources (``FileRecord.origin``) that a fol
 * ``upsert_entries`` (the LangChain vector store): each document is one entry, stored as given under
   its id; the same id again overwrites it.
 
-Order, as for a file: mark the collection dirty, write every sink, record, then delete what the
-record no longer lists. A kill at any point leaves chunks that the record does not list (removed by
-the next ingest's sweep) or a record that lists only chunks the sinks hold.
+The writing itself, in ingest's crash-safe order, is the :class:`~.session.WriteSession`'s; this
+module decides only what documents from code may change (never a folder file's source, never
+an id another source owns).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any, Sequence
 from langchain_core.documents import Document
 
 from ..errors import DocumentError
-from .faults import crash_point
-from .record import API, FileRecord, IndexRecord
+from .record import API, FileRecord
 from .report import IngestReport
-from .sinks import Sink
+from .session import WriteSession
 
 # Where a vector-store entry without a ``source`` in its metadata is recorded.
 DEFAULT_API_SOURCE = "vectorstore"
@@ -44,42 +43,13 @@ def documents_digest(documents: Sequence[Document]) -> str:
 
 
 class DocumentWriter:
-    """One write session on one collection (held under the index's write lock)."""
+    """What documents from code may change, decided over one :class:`~.session.WriteSession`."""
 
-    def __init__(self, *, sinks: Sequence[Sink], record: IndexRecord, collection: str, settings: str):
-        self.sinks = list(sinks)
-        self.record = record
-        self.collection = collection
-        self.settings = settings
-        self._was_dirty = record.is_dirty(collection)
-        self._writing = False
-
-    def __enter__(self) -> "DocumentWriter":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        # A mark set by an interrupted ingest stays for the next ingest to reconcile; ours is
-        # cleared only when every step finished.
-        if self._writing and exc_type is None and not self._was_dirty:
-            self.record.set_dirty(self.collection, False)
-
-    def _begin_writes(self) -> None:
-        if not self._writing:
-            self.record.set_dirty(self.collection, True)
-            self._writing = True
-
-    def _write(self, chunks: Sequence[Document], report: IngestReport) -> None:
-        unique = list({c.id: c for c in chunks}.values())
-        batch = min(sink.max_batch_size for sink in self.sinks)
-        self._begin_writes()
-        for start in range(0, len(unique), batch):
-            for sink in self.sinks:
-                sink.write(unique[start : start + batch], report)
-
-    def _delete(self, ids: set[str]) -> None:
-        for sink in self.sinks:
-            if sink.exists():
-                sink.delete(sorted(ids))
+    def __init__(self, session: WriteSession):
+        self.session = session
+        self.record = session.record
+        self.collection = session.collection
+        self.settings = session.settings
 
     def _held_by_folder(self, sources: set[str]) -> list[str]:
         files = self.record.files(self.collection)
@@ -102,25 +72,22 @@ class DocumentWriter:
         if previous is not None and previous.sha256 == digest and previous.settings == self.settings:
             report.files_unchanged, report.skipped = 1, previous.chunks
             return report
-        ids = [c.id for c in chunks]
-        self._write(chunks, report)
-        old = self.record.chunk_ids(self.collection, [source])
+        ids = list(dict.fromkeys(c.id for c in chunks))
+        self.session.check_owner(source, ids)
+        self.session.write(chunks, report)
         size = sum(len(d.page_content.encode("utf-8")) for d in documents)
         file = FileRecord(source, size, 0, digest, self.settings, len(chunks), origin=API)
-        self.record.commit_files(self.collection, [file], {source: ids}, replace=True)
-        crash_point("recorded")
-        stale = old - set(ids)
-        if stale:
-            self._delete(stale)
-            report.deleted = len(stale)
+        self.session.commit([file], {source: ids}, report)
         report.files_loaded = 1
         report.files_added, report.files_updated = (1, 0) if previous is None else (0, 1)
         return report
 
     def delete_sources(self, sources: Sequence[str]) -> int:
-        """Remove sources added from code; returns how many chunks left the index."""
+        """Remove sources added from code; returns how many chunks left the index. A source whose
+        earlier removal failed part-way is finished."""
         files = self.record.files(self.collection)
-        unknown = [s for s in sources if s not in files]
+        finished = {s: n for s, n in self.session.finished_removals.items() if s in sources and s not in files}
+        unknown = [s for s in sources if s not in files and s not in finished]
         if unknown:
             raise DocumentError(
                 f"no source {unknown[0]!r} in collection {self.collection!r}; `rag-pipeline ls CONFIG` lists them"
@@ -130,12 +97,7 @@ class DocumentWriter:
             raise DocumentError(
                 f"source {folder[0]!r} is a file under loader.path: delete or exclude the file, then run ingest"
             )
-        ids = self.record.chunk_ids(self.collection, sources)
-        self._begin_writes()
-        self.record.remove_sources(self.collection, sources)  # record first, then the sinks
-        crash_point("removing")
-        self._delete(ids)
-        return len(ids)
+        return self.session.remove_sources([s for s in sources if s in files]) + sum(finished.values())
 
     # -- entries (the LangChain vector store) ------------------------------------------------------
     def upsert_entries(self, documents: Sequence[Document]) -> None:
@@ -153,9 +115,10 @@ class DocumentWriter:
                 f"source {folder[0]!r} is a file under loader.path that ingest keeps in step; documents from code "
                 "cannot be written into it (give them another metadata['source'] or other ids)"
             )
-        report = IngestReport(collection=self.collection)
-        self._write(documents, report)
-        self.record.put_api_chunks(self.collection, by_source, self.settings)
+        for source, source_ids in by_source.items():
+            self.session.check_owner(source, source_ids)
+        self.session.write(documents, IngestReport(collection=self.collection))
+        self.session.commit_entries(by_source)
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete entries by id (missing ids are no error); returns how many the record listed."""
@@ -167,18 +130,14 @@ class DocumentWriter:
                 "then run ingest"
             )
         recorded = self.record.chunk_ids(self.collection, owners) & set(ids)
-        self._begin_writes()
-        self.record.remove_chunks(self.collection, ids)
-        crash_point("removing")
-        self._delete(set(ids))
+        self.session.remove_chunks(list(ids))
         return len(recorded)
 
 
-def copy_sources_from_code(
-    record: IndexRecord, index: Any, old: str, new: str, sinks: Sequence[Sink], report: IngestReport
-) -> None:
+def copy_sources_from_code(index: Any, old: str, session: WriteSession, report: IngestReport) -> None:
     """``reindex``: the chunks added from code cannot be read from the folder again, so their stored
     texts and metadata are re-embedded into the new collection (as they were cut, not re-chunked)."""
+    record = session.record
     for source, file in record.files(old).items():
         if not file.from_code:
             continue
@@ -186,9 +145,6 @@ def copy_sources_from_code(
         ids = [c.id for c in chunks]
         if not ids:
             continue
-        batch = min(sink.max_batch_size for sink in sinks)
-        for start in range(0, len(chunks), batch):
-            for sink in sinks:
-                sink.write(chunks[start : start + batch], report)
-        record.commit_files(new, [replace(file, chunks=len(ids))], {source: ids}, replace=True)
+        session.write(chunks, report)
+        session.commit([replace(file, chunks=len(ids))], {source: ids}, report)
         report.chunks += len(ids)

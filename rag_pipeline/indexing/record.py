@@ -14,7 +14,11 @@ One file, ``<persist_directory>/index_record.sqlite`` (in memory for an in-memor
   (Schema 1 had no inode and ctime: its rows are migrated with both unknown, so each file is
   hashed once and its full stat remembered.)
 * ``chunks`` — each chunk id with the file it came from, so a changed file's old chunks and a
-  deleted file's chunks can be removed by id.
+  deleted file's chunks can be removed by id. A chunk id has one owner: a write that would move
+  an id from one source to another is refused by the write session.
+* ``pending_deletes`` — chunks the record has forgotten whose removal from the indexes has not
+  been confirmed yet (a delete whose index step failed): retried by the next write session, so a
+  delete that failed half-way can be repeated and what it removed stops being served.
 
 A row of ``files`` is a *source*: a file under ``loader.path`` (``origin`` ``folder``, NULL in
 records from before origins) or documents added from code (``origin`` ``api``:
@@ -65,6 +69,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks (collection, source);
+CREATE TABLE IF NOT EXISTS pending_deletes (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
 """
 
 # Columns added after schema 1, with how an older record file gains them. NULL means "not known":
@@ -210,7 +220,9 @@ class IndexRecord:
     def forget_collection(self, name: str) -> None:
         """Delete everything recorded for a physical collection (after Chroma dropped it)."""
         with self._connection:
-            for table, column in (("chunks", "collection"), ("files", "collection"), ("collections", "name")):
+            for table, column in (
+                ("chunks", "collection"), ("files", "collection"), ("pending_deletes", "collection"), ("collections", "name")
+            ):
                 self._connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
 
     def is_dirty(self, name: str) -> bool:
@@ -238,6 +250,17 @@ class IndexRecord:
     def chunk_count(self, collection: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,))
         return rows[0][0] if rows else 0
+
+    def chunk_owners(self, collection: str, ids: Iterable[str]) -> dict[str, str]:
+        """Chunk id -> the source that records it, for those of ``ids`` the record lists."""
+        owners: dict[str, str] = {}
+        for part in _batches(list(ids)):
+            marks = ",".join("?" * len(part))
+            rows = self._query(
+                f"SELECT id, source FROM chunks WHERE collection = ? AND id IN ({marks})", (collection, *part)
+            )
+            owners.update(rows)
+        return owners
 
     def chunk_sources(self, collection: str, ids: Iterable[str]) -> set[str]:
         """The sources that own any of ``ids``."""
@@ -331,13 +354,20 @@ class IndexRecord:
 
     def remove_chunks(self, collection: str, ids: Iterable[str]) -> None:
         """Forget chunks by id (deleted from code); api sources are recounted, emptied ones forgotten."""
-        ids = list(ids)
         with self._connection:
-            touched = self._owners(collection, ids)
-            for part in _batches(ids):
-                marks = ",".join("?" * len(part))
-                self._connection.execute(f"DELETE FROM chunks WHERE collection = ? AND id IN ({marks})", (collection, *part))
-            self._recount_api_sources(collection, touched)
+            self._remove_chunks(collection, list(ids))
+
+    def _remove_chunks(self, collection: str, ids: list[str]) -> None:
+        touched = self._owners(collection, ids)
+        for part in _batches(ids):
+            marks = ",".join("?" * len(part))
+            self._connection.execute(f"DELETE FROM chunks WHERE collection = ? AND id IN ({marks})", (collection, *part))
+        # A source that lost chunks no longer holds what its digest describes: adding the same
+        # documents again must write them back, not be skipped as unchanged.
+        self._connection.executemany(
+            "UPDATE files SET sha256 = '' WHERE collection = ? AND source = ?", [(collection, s) for s in touched]
+        )
+        self._recount_api_sources(collection, touched)
 
     def _owners(self, collection: str, ids: list[str]) -> set[str]:
         owners: set[str] = set()
@@ -357,6 +387,65 @@ class IndexRecord:
                 (collection, source, collection, source, API),
             )
         self._connection.execute("DELETE FROM files WHERE collection = ? AND origin = ? AND chunks = 0", (collection, API))
+
+    # -- deletions not yet confirmed by the indexes ----------------------------------------------
+    def forget_sources_pending(self, collection: str, sources: list[str]) -> set[str]:
+        """Forget ``sources`` and list their chunks as pending deletion, in one transaction;
+        returns the chunk ids (the caller deletes them from the indexes, then confirms)."""
+        ids = self.chunk_owners_of(collection, sources)
+        with self._connection:
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO pending_deletes (collection, id, source) VALUES (?, ?, ?)",
+                [(collection, i, s) for i, s in ids.items()],
+            )
+            for part in _batches(sources):
+                marks = ",".join("?" * len(part))
+                for table in ("chunks", "files"):
+                    self._connection.execute(
+                        f"DELETE FROM {table} WHERE collection = ? AND source IN ({marks})", (collection, *part)
+                    )
+        return set(ids)
+
+    def forget_chunks_pending(self, collection: str, ids: Iterable[str]) -> None:
+        """Forget chunks by id (their api sources recounted) and list every one of ``ids`` as
+        pending deletion, in one transaction."""
+        ids = list(ids)
+        owners = self.chunk_owners(collection, ids)
+        with self._connection:
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO pending_deletes (collection, id, source) VALUES (?, ?, ?)",
+                [(collection, i, owners.get(i, "")) for i in ids],
+            )
+            self._remove_chunks(collection, ids)
+
+    def chunk_owners_of(self, collection: str, sources: Iterable[str]) -> dict[str, str]:
+        """Chunk id -> source, for every chunk of ``sources``."""
+        owners: dict[str, str] = {}
+        for part in _batches(list(sources)):
+            marks = ",".join("?" * len(part))
+            owners.update(self._query(
+                f"SELECT id, source FROM chunks WHERE collection = ? AND source IN ({marks})", (collection, *part)
+            ))
+        return owners
+
+    def pending_owners(self, collection: str) -> dict[str, str]:
+        """Chunk id -> the source it was removed with, for every deletion not yet confirmed."""
+        return dict(self._query("SELECT id, source FROM pending_deletes WHERE collection = ?", (collection,)))
+
+    def pending_deletes(self, collection: str, sources: Iterable[str] | None = None) -> set[str]:
+        if sources is None:
+            return {row[0] for row in self._query("SELECT id FROM pending_deletes WHERE collection = ?", (collection,))}
+        return self._select_in(
+            "SELECT id FROM pending_deletes WHERE collection = ? AND source IN ({marks})", collection, sources
+        )
+
+    def confirm_deleted(self, collection: str, ids: Iterable[str]) -> None:
+        with self._connection:
+            for part in _batches(list(ids)):
+                marks = ",".join("?" * len(part))
+                self._connection.execute(
+                    f"DELETE FROM pending_deletes WHERE collection = ? AND id IN ({marks})", (collection, *part)
+                )
 
     # -- meta --------------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:

@@ -33,6 +33,8 @@ class Sink(Protocol):
 
     def ids(self) -> set[str]: ...
 
+    def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
+
     def write(self, chunks: Sequence[Document], report: IngestReport) -> None:
         """Upsert ``chunks`` (each id once), whether or not the sink holds them already: a chunk's
         id is derived from its text and position, and its metadata may have changed."""
@@ -59,6 +61,9 @@ class _IndexSink:
 
     def ids(self) -> set[str]:
         return self.index.ids()
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return self.index.existing_ids(ids)
 
     def delete(self, ids: Sequence[str]) -> None:
         self.index.delete(ids)
@@ -104,6 +109,9 @@ class LexicalSink(_IndexSink):
 
     def __init__(self, index: LexicalIndex):
         super().__init__(index)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return set(ids) & self.index.ids()
 
     def write(self, chunks: Sequence[Document], report: IngestReport) -> None:
         if not chunks:

@@ -50,7 +50,7 @@ from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from ..contracts import FileError, FileNotRead, UnreadableFile
-from .sinks import DenseSink, Sink
+from .session import WriteSession
 from .faults import crash_point
 from .sources import ChunkSource, FileReading
 from .record import FileRecord, IndexRecord
@@ -216,39 +216,6 @@ class LocalChunkSource:
             yield _LocalFileReading(change, self.loader, self.chunker)
 
 
-def write_chunks(
-    store: Any,
-    embeddings: Any,
-    cache: Callable[[], Any],
-    chunks: Sequence[Document],
-    report: IngestReport,
-    *,
-    show_progress: bool = False,
-) -> None:
-    """Embed (through the cache) and upsert the chunks the collection does not hold yet: the
-    primitive behind ``Pipeline.index_chunks`` (evaluation collections, kept without a record).
-
-    One write batch at a time: its vectors go into the embedding cache, then into the index. A kill
-    loses at most the batch being embedded.
-    """
-    unique = list({c.id: c for c in chunks}.values())  # the same chunk listed twice is one chunk
-    existing = store.existing_ids([c.id for c in unique]) if unique else set()
-    new = [c for c in unique if c.id not in existing]
-    report.skipped += len(unique) - len(new)
-    if not new:
-        return
-    # Longest first across the whole set, not only inside each write batch: the model pads every
-    # batch to its longest text, so batches of similar lengths waste the least compute.
-    new.sort(key=lambda chunk: len(chunk.page_content), reverse=True)
-    sink = DenseSink(store, embeddings, cache)
-    batch = sink.max_batch_size
-    with tqdm(total=len(new), desc="Embedding", unit="chunk", disable=not show_progress) as bar:
-        for start in range(0, len(new), batch):
-            part = new[start : start + batch]
-            sink.write(part, report)
-            bar.update(len(part))
-
-
 def warn_truncated(report: IngestReport, limit: int) -> None:
     if report.truncated:
         logger.warning(
@@ -280,12 +247,11 @@ class Indexer:
     ``chunker`` and ``cache`` are callables so that an ingest with nothing to parse or embed never
     builds them (the token chunker and the cache both load the model).
 
-        >>> Indexer(loader=pipe.loader, chunker=lambda: pipe.chunker,
-        ...         sinks=[DenseSink(pipe.store, pipe.embeddings, lambda: pipe.embedding_cache)],
-        ...         collection=pipe.store.collection_name, record=record,
-        ...         settings=ingest_settings(...), cleanup="full").sync()         # doctest: +SKIP
+        >>> with pipe.index.writing() as session:                           # doctest: +SKIP
+        ...     Indexer(loader=pipe.loader, chunker=lambda: pipe.chunker, session=session).sync()
 
-    Every sink gets the same chunks, deletions and reconciliation: the record lists what each holds.
+    It decides what to write; the :class:`~.session.WriteSession` writes it (every sink gets the
+    same chunks, deletions and reconciliation: the record lists what each holds).
     """
 
     def __init__(
@@ -293,10 +259,7 @@ class Indexer:
         *,
         loader: Any,
         chunker: Callable[[], Any],
-        sinks: Sequence[Sink],
-        collection: str,
-        record: IndexRecord,
-        settings: str,
+        session: WriteSession,
         cleanup: str = "full",
         show_progress: bool = False,
         prune_api: bool = False,
@@ -306,18 +269,16 @@ class Indexer:
             raise ValueError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
         self.loader = loader
         self.chunker = chunker
-        if not sinks:
-            raise ValueError("an Indexer needs at least one sink")
-        self.sinks = list(sinks)
-        self.collection = collection
-        self.record = record
-        self.settings = settings
+        self.session = session
+        self.sinks = session.sinks
+        self.collection = session.collection
+        self.record = session.record
+        self.settings = session.settings
         self.cleanup = cleanup
         self.show_progress = show_progress
         self.prune_api = prune_api
         # Who reads and chunks the files (local, or Ray: see sources.py); the writes stay here.
         self.source = source if source is not None else LocalChunkSource(loader, chunker)
-        self._writing = False
 
     def sync(self) -> IngestReport:
         report = IngestReport(collection=self.collection)
@@ -325,13 +286,15 @@ class Indexer:
         # removed) no longer holds as many chunks as the record lists. Either way: reconcile.
         held = [sink.count() if sink.exists() else 0 for sink in self.sinks]
         recorded = self.record.chunk_count(self.collection)
-        report.recovered = self._writing = self.record.is_dirty(self.collection) or any(n != recorded for n in held)
+        report.recovered = self.record.is_dirty(self.collection) or any(n != recorded for n in held)
         if report.recovered:
+            # this ingest reconciles: the mark it finds is cleared when it completes
+            self.session.was_dirty = False
             logger.warning(
                 "reconciling collection %r with its record (the last ingest was interrupted, or the collection "
                 "holds %s chunks where the record lists %d)", self.collection, "/".join(map(str, held)), recorded,
             )
-            self.record.set_dirty(self.collection, True)
+            self.session.mark_dirty()
             self._forget_files_missing_from_collection()
         plan = plan_sync(self.loader, self.record, self.collection, self.settings, self.cleanup, self.prune_api)
         report.files_seen = plan.files_seen
@@ -348,17 +311,10 @@ class Indexer:
         self._remove_files(plan, report)
         if report.recovered:
             self._sweep(report)
-        if self._writing:
-            self.record.set_dirty(self.collection, False)
         self.record.set_meta(f"last_ingest:{self.collection}", str(time.time()))
         primary = self.sinks[0]
         report.collection_count = primary.count() if primary.exists() else 0
         return report
-
-    def _begin_writes(self) -> None:
-        if not self._writing:
-            self.record.set_dirty(self.collection, True)
-            self._writing = True
 
     # -- steps -------------------------------------------------------------------------------------
     def _forget_files_missing_from_collection(self) -> None:
@@ -458,9 +414,10 @@ class Indexer:
     def _flush(self, report: IngestReport, everything: bool = False) -> None:
         """Write full batches from the buffer (all of it with ``everything``), recording each file
         as soon as all its chunks are written."""
-        batch = min(sink.max_batch_size for sink in self.sinks)
+        batch = self.session.max_batch_size
         while len(self._buffer) >= batch or (everything and self._buffer):
             part, self._buffer = self._buffer[:batch], self._buffer[batch:]
+            self._owner_of = {chunk.id: progress.change.source for chunk, progress in part}
             self._write_batch([chunk for chunk, _ in part], report)
             for _, progress in part:
                 progress.unwritten -= 1
@@ -474,13 +431,12 @@ class Indexer:
         # changed (a record's fields, an HTML title, its start_index) keeps its id, and skipping
         # it would leave the old metadata in the index. Its vector comes from the embedding cache.
         chunks = list({c.id: c for c in chunks}.values())
-        self._begin_writes()
-        for sink in self.sinks:
-            sink.write(chunks, report)
-
-    def _delete(self, ids: set[str] | list[str]) -> None:
-        for sink in self.sinks:
-            sink.delete(sorted(ids))
+        by_source: dict[str, list[str]] = {}
+        for chunk in chunks:
+            by_source.setdefault(self._owner_of[chunk.id], []).append(chunk.id)
+        for source, ids in by_source.items():
+            self.session.check_owner(source, ids)
+        self.session.write(chunks, report)
 
     def _record_written(self, report: IngestReport) -> None:
         """Record, in one transaction, the files read to the end whose chunks are all written; then
@@ -489,10 +445,6 @@ class Indexer:
         if not done:
             return
         self._awaiting = [p for p in self._awaiting if p.unwritten]
-        self._begin_writes()
-        replace = self.cleanup != "none"
-        changed = [p.change.source for p in done if p.change.previous is not None]
-        old = self.record.chunk_ids(self.collection, changed) if replace and changed else set()
         records = [
             FileRecord(
                 p.change.source, p.stat.st_size, p.stat.st_mtime_ns, p.sha256, self.settings, p.chunks,
@@ -500,12 +452,9 @@ class Indexer:
             )
             for p in done
         ]
-        self.record.commit_files(self.collection, records, {p.change.source: list(p.ids) for p in done}, replace=replace)
-        crash_point("recorded")
-        stale = old.difference(*(p.ids for p in done))
-        if stale:
-            self._delete(stale)
-            report.deleted += len(stale)
+        self.session.commit(
+            records, {p.change.source: list(p.ids) for p in done}, report, replace=self.cleanup != "none"
+        )
         for p in done:
             report.files_loaded += 1
             report.documents += p.documents
@@ -526,32 +475,22 @@ class Indexer:
             return
         orphans = written - self.record.chunk_ids(self.collection, [progress.change.source])
         if orphans:
-            self._delete(orphans)
+            self.session.delete_unrecorded(orphans)
             report.deleted += len(orphans)
 
     def _drop_emptied(self, failure: FileError, report: IngestReport) -> FileError:
         """A file that now gives no text leaves the index (record first, then Chroma, as a deleted
         file does); the error says so. It is read again, and reported again, on every ingest."""
         source = failure.source
-        ids = self.record.chunk_ids(self.collection, [source])
-        self._begin_writes()
-        self.record.remove_sources(self.collection, [source])
-        if ids:
-            self._delete(ids)
-            report.deleted += len(ids)
-        return FileError(source, f"{failure.reason}; its {len(ids)} chunks were removed from the index")
+        removed = self.session.remove_sources([source])
+        report.deleted += removed
+        return FileError(source, f"{failure.reason}; its {removed} chunks were removed from the index")
 
     def _remove_files(self, plan: SyncPlan, report: IngestReport) -> None:
         if not plan.removed:
             return
-        ids = self.record.chunk_ids(self.collection, plan.removed)
-        self._begin_writes()
-        self.record.remove_sources(self.collection, plan.removed)
-        crash_point("removing")
-        if ids:
-            self._delete(ids)
+        report.deleted += self.session.remove_sources(plan.removed)
         report.files_removed = len(plan.removed)
-        report.deleted += len(ids)
 
     def _sweep(self, report: IngestReport) -> None:
         """Delete what a sink holds and the record does not list: chunks upserted before a kill and
@@ -560,7 +499,7 @@ class Indexer:
         for sink in self.sinks:
             orphans = sink.ids() - recorded if sink.exists() else set()
             if orphans:
-                self._begin_writes()
+                self.session.mark_dirty()
                 sink.delete(sorted(orphans))
                 report.deleted += len(orphans)
                 logger.info("removed %d chunks the record does not list from the %s index", len(orphans), sink.name)
