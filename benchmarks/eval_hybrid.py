@@ -37,11 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import hybrid_defaults  # beside this script
+import harness
+import hybrid_defaults  # the ``defaults`` phase
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-CONFIGS = {name: REPO / "configs" / f"scifact-{name}.yaml" for name in ("bm25", "hybrid", "hybrid-rrf")}
+CONFIGS = {name: harness.REPO / "configs" / f"scifact-{name}.yaml" for name in ("bm25", "hybrid", "hybrid-rrf")}
 WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 # What published work says about defaults, beside what SciFact alone can show.
 PUBLISHED = [
@@ -134,8 +133,7 @@ def test_runs(dataset: Path, index: Path, dense_weight: float, out: Path) -> dic
 
 def latency(dataset: Path, index: Path, repeats: int = 1, precision: str | None = None) -> dict:
     from rag_pipeline import Pipeline
-    from rag_pipeline.evaluation import load_beir
-    from rag_pipeline.evaluation.runner import eval_collection_name
+    from rag_pipeline.evaluation import eval_collection_name, load_beir
 
     test = load_beir(dataset, split="test")
     queries = list(test.queries.values())
@@ -218,9 +216,9 @@ def bm25_cost(dataset: Path) -> dict:
         }
         in_memory = BM25Index(BM25Config())
         in_memory.place(None, "scifact")
-        in_memory.upsert_texts(chunks)
-        started = time.perf_counter()
-        in_memory._current()
+        with in_memory.writing():  # the end of a write session builds the matrices; in memory, nothing is saved
+            in_memory.upsert_texts(chunks)
+            started = time.perf_counter()
         build_only = time.perf_counter() - started
 
         changed = [
@@ -240,7 +238,7 @@ def bm25_cost(dataset: Path) -> dict:
         reader = BM25Index(BM25Config())
         reader.place(work, "scifact")
         started = time.perf_counter()
-        reader._current()
+        reader._current()  # what a reader's first search pays to memory-map the matrices; no public call does only this
         load_s = time.perf_counter() - started
         return {
             "chunks": len(chunks), "first_build": first, "build_in_memory_s": build_only, "size": size,
@@ -363,13 +361,13 @@ def markdown(results: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
-    parser.add_argument("--index", type=Path, default=REPO / ".index" / "scifact-hybrid")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
+    parser.add_argument("--index", type=Path, default=harness.REPO / ".index" / "scifact-hybrid")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
     parser.add_argument("--phases", default="sweep,test,latency,bm25")
     parser.add_argument("--precision", default=None, help="latency: embeddings.precision for the query embedder (default: the config's)")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "scifact-hybrid.json"
     results = json.loads(path.read_text()) if path.is_file() else {}

@@ -4,7 +4,8 @@
 
 Runs ``rag-pipeline eval configs/scifact-dense.yaml`` cold (a fresh index folder each, so every
 abstract is embedded) once per precision, alternating nothing away: fp32, bf16, int8 in that order,
-then writes ``benchmarks/results/precision-scifact.{json,md}``. The int8 run starts with an empty
+then puts the run on top of ``benchmarks/results/precision-scifact.{md,json}`` (the run it replaces
+moves to the page's history). The int8 run starts with an empty
 ONNX cache (a temporary ``RAG_PIPELINE_CACHE_DIR``), so its time includes the one-off export.
 Acceptance (issue 11): bf16 within 0.3 nDCG@10 of fp32, int8 within 1.0.
 """
@@ -21,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+import harness
+
 LIMITS = {"bf16": 0.3, "int8": 1.0}
 
 
@@ -49,12 +50,13 @@ def run_eval(config: Path, dataset: Path, index: Path, out: Path, precision: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "scifact-dense.yaml")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
+    parser.add_argument("--config", type=Path, default=harness.REPO / "configs" / "scifact-dense.yaml")
     parser.add_argument("--precisions", default="fp32,bf16,int8")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
+    parser.add_argument("--name", default=None, help="label of this run in results/precision-scifact.md (default: the date)")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     work = Path(tempfile.mkdtemp(prefix="rag-eval-precision-"))
     env = {**os.environ, "RAG_PIPELINE_CACHE_DIR": str(work / "model-cache")}
     runs = [
@@ -83,9 +85,8 @@ def main() -> None:
             f"{run['load_average_at_start']:.1f} |"
         )
     lines += ["", "The int8 wall time includes the one-off ONNX export and quantisation (cached for later runs).", ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision-scifact.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2) + "\n")
-    (args.out / "precision-scifact.md").write_text("\n".join(lines))
+    harness.record_run("precision-scifact", harness.run_label(args.name), markdown="\n".join(lines),
+                       data={"command": command, "runs": runs}, results=args.out)
     print("\n".join(lines))
 
 

@@ -12,8 +12,9 @@ index folder (so the first run is truly cold and no user index is touched):
   5. cold bf16    a second fresh folder, ``embeddings.dtype: bfloat16``: what bf16 buys on this CPU
                   (its own folder, because the embedding cache does not key on dtype)
 
-Writes ``benchmarks/results/scifact-dense.json`` (the cold run's ``--json`` report, verbatim) and
-``scifact-dense.md`` (metrics against the published numbers, and the four timings).
+Puts the run on top of ``benchmarks/results/scifact-dense.json`` (the cold run's ``--json`` report,
+verbatim) and ``scifact-dense.md`` (metrics against the published numbers, and the timings); the run
+they held moves to their history.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+import harness
+
 PUBLISHED = {"ndcg@10": 64.5}  # MTEB results, sentence-transformers__all-MiniLM-L6-v2 (see the dataset README)
 
 
@@ -79,11 +80,12 @@ def bf16_note(fp32: dict, bf16: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "scifact-dense.yaml")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
+    parser.add_argument("--config", type=Path, default=harness.REPO / "configs" / "scifact-dense.yaml")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
+    parser.add_argument("--name", default=None, help="label of this run in results/scifact-dense.md (default: the date)")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
 
     import chromadb
 
@@ -103,8 +105,6 @@ def main() -> None:
     )
 
     cold = runs["cold"][0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scifact-dense.json").write_text(json.dumps(cold, indent=2) + "\n", encoding="utf-8")
     metrics = cold["metrics"]["first_stage"]
     ndcg = 100 * metrics["ndcg@10"]
     lines = [
@@ -160,7 +160,7 @@ def main() -> None:
         f"torch threads {cold['versions']['machine']['torch_threads']}.",
         "",
     ]
-    (args.out / "scifact-dense.md").write_text("\n".join(lines), encoding="utf-8")
+    harness.record_run("scifact-dense", harness.run_label(args.name), markdown="\n".join(lines), data=cold, results=args.out)
     print("\n".join(lines))
 
 

@@ -13,7 +13,8 @@ Flat's exact top-10; recall@10 = |ANN top-10 ∩ exact top-10| / 10, averaged ov
 ``retriever.search: ann``, once per factory over one index folder (the first run embeds, the others
 rebuild the index from the stored vectors), and reports nDCG@10 and recall@10 against Flat's run.
 
-Each writes ``benchmarks/results/faiss-<mode>.json``; ``faiss-indexes.md`` is written by hand from them.
+Each puts its run in ``benchmarks/results/faiss-<mode>.json`` (the run it replaces moves to
+``faiss-<mode>-history.json``); ``faiss-indexes.md`` is written by hand from them.
 """
 
 from __future__ import annotations
@@ -22,23 +23,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+import harness
+from harness import rss_mib
 
 
 def clustered(rng, n: int, centers: np.ndarray, spread: float = 0.6, block: int = 100_000) -> np.ndarray:
@@ -114,7 +107,7 @@ def synthetic(args) -> dict:
     measure("IVF-PQ", "IVF1024,PQ48", [("nprobe", 8), ("nprobe", 32)])
     measure("HNSW", "HNSW32", [("efSearch", 64), ("efSearch", 256)])
     return {
-        "command": "python " + " ".join(sys.argv), "n": args.n, "dim": args.dim, "queries": args.queries,
+        "command": harness.command_line(__file__), "date": harness.utc_now(), "n": args.n, "dim": args.dim, "queries": args.queries,
         "latency_queries": args.latency_queries, "threads": args.threads, "generate_s": generated,
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0], "platform": platform.platform()},
         "faiss": faiss.__version__, "rows": rows,
@@ -122,12 +115,10 @@ def synthetic(args) -> dict:
 
 
 def scifact(args) -> dict:
-    sys.path.insert(0, str(REPO))
     import faiss
 
     from rag_pipeline import Pipeline, load_config
-    from rag_pipeline.evaluation import evaluate, load_beir
-    from rag_pipeline.evaluation.runner import eval_collection_name
+    from rag_pipeline.evaluation import eval_collection_name, evaluate, load_beir
 
     faiss.omp_set_num_threads(args.threads)
     dataset = load_beir(Path(args.dataset))
@@ -142,7 +133,7 @@ def scifact(args) -> dict:
             "vectorstore.index_factory": factory, "retriever.search": "ann", "embeddings.show_progress": False,
             **{f"vectorstore.{key}": value for key, value in extra.items()},
         }
-        config = load_config(REPO / "configs" / "scifact-dense.yaml", overrides)
+        config = load_config(harness.REPO / "configs" / "scifact-dense.yaml", overrides)
         started = time.perf_counter()
         result = evaluate(config, dataset, search="ann", show_progress=False)  # the FAISS index, not exact scoring
         wall = time.perf_counter() - started
@@ -154,6 +145,7 @@ def scifact(args) -> dict:
         pipe = Pipeline.from_config(config, overrides={"vectorstore.collection": eval_collection})
         store = pipe.store
         queries = pipe.embeddings.embed_queries(list(dataset.queries.values())[: args.latency_queries])
+        # The served FAISS index and whether it is trained: the store has no public call for these yet.
         index = store._current_index(store._table())
         p50 = statistics.median(
             _timed(lambda q=q: store.search_batch(q[None, :], 10)) for q in queries
@@ -167,7 +159,7 @@ def scifact(args) -> dict:
         })
         print(json.dumps(rows[-1]), flush=True)
     return {
-        "command": "python " + " ".join(sys.argv), "dataset": str(args.dataset), "queries": len(dataset.queries),
+        "command": harness.command_line(__file__), "date": harness.utc_now(), "dataset": str(args.dataset), "queries": len(dataset.queries),
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0]}, "faiss": faiss.__version__,
         "rows": rows,
     }
@@ -200,11 +192,9 @@ def main() -> None:
     f.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     payload = synthetic(args) if args.mode == "synthetic" else scifact(args)
-    payload["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"faiss-{args.mode}.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    payload["peak_rss_mib"] = harness.peak_rss_mib()
+    harness.record_run(f"faiss-{args.mode}", harness.run_label(), data=payload)
+    print(f"wrote {harness.RESULTS / f'faiss-{args.mode}.json'}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ import json
 import time
 from pathlib import Path
 
+import harness
 from rag_pipeline.evaluation import evaluate, load_beir
 from rag_pipeline.finetuning import dev_split, with_queries
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = harness.REPO
 
 
 def main() -> None:

@@ -32,16 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+import harness
+
+REPO = harness.REPO
 MODELS = REPO / "models" / "scifact"
-RESULTS = HERE / "results" / "finetune-scifact.json"
+RESULTS = harness.RESULTS / "finetune-scifact.json"
 HYBRID = REPO / "configs" / "scifact-hybrid.yaml"
 BEST = REPO / "configs" / "scifact-best.yaml"
 FIRST_STAGE = {"reranker": None}  # scifact-best.yaml without its reranker: the first stage it reranks
@@ -124,9 +124,7 @@ def phase_mine_reranker(args, results: dict) -> None:
 
 
 def phase_reranker(args, results: dict) -> None:
-    from rag_pipeline.finetuning import train_reranker
-
-    from rag_pipeline.finetuning import read_training_file
+    from rag_pipeline.finetuning import read_training_file, train_reranker
 
     data = training_subset(args, RERANKER_FILE)
     rows = sum(len(example.pos) for example in read_training_file(data))  # listwise: a row per positive
@@ -273,7 +271,7 @@ def main(argv=None) -> int:
     args.ks = [int(k) for k in args.ks.split(",")]
     args.reranker_losses = args.reranker_losses.split(",")
     results = load()
-    results.setdefault("commands", []).append("python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
+    results.setdefault("commands", []).append(harness.command_line(__file__, argv))
     for name in args.phases.split(","):
         if name not in PHASES:
             parser.error(f"unknown phase {name!r}; phases: {', '.join(PHASES)}")

@@ -21,6 +21,7 @@ fragile the defaults are (convex fusion, min-max normalisation, equal weights, 1
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 from pathlib import Path
@@ -225,3 +226,13 @@ def markdown(result: dict) -> list[str]:
             f"{pq['below_both_arms']} below both."
         )
     return lines
+
+
+def main() -> None:
+    how = "python benchmarks/eval_hybrid.py --phases defaults"
+    argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=f"Not run on its own: {how}").parse_args()
+    raise SystemExit(f"hybrid_defaults.py is the `defaults` phase of eval_hybrid.py: {how}")
+
+
+if __name__ == "__main__":
+    main()

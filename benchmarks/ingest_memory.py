@@ -8,10 +8,13 @@ asked for (deleted afterwards, never committed). Each measurement is a fresh
 reports its child's peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``). The pipeline is an
 ordinary one: the directory loader, the recursive chunker (1,000 characters), Chroma on disk; the
 embedder is a tiny random model of bge-small's architecture (BERT, 2 layers, hidden 32, CLS
-pooling, normalised; built by ``tests/model_factory.py``), because embedding a gigabyte with a real
-model takes hours on this CPU and the embedder's own memory does not depend on the file's size.
+pooling, normalised; ``harness.tiny_bi_encoder``), because embedding a gigabyte with a real model
+takes hours on this CPU and the embedder's own memory does not depend on the file's size.
 
     .venv/bin/python benchmarks/ingest_memory.py --baseline a79edb5 --sizes-mb 100 1000
+
+The run goes on top of ``--out`` (default ``benchmarks/results/ingest-memory.md``); the run it
+replaces moves to the page's history.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+
+REPO = harness.REPO
 WORDS = "river stone light harbour maple copper garden signal winter orbit lantern meadow bridge ember".split()
 
 _MEASURE = (
@@ -82,15 +86,13 @@ def main() -> None:
     parser.add_argument("--baseline", default="a79edb5", help="git revision of the code before streaming")
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--record-kb", type=int, default=2, help="size of one JSONL record")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest-memory.md")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "ingest-memory.md")
+    parser.add_argument("--name", default=None, help="label of this run on that page (default: the date)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ingest-memory-"))
     baseline = work / "baseline"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(baseline), args.baseline], check=True)
-    sys.path.insert(0, str(REPO / "tests"))
-    from model_factory import build_tiny_bge
-
-    model = build_tiny_bge(work / "bge-tiny-en-v1.5")
+    model = harness.tiny_bi_encoder(work / "bge-tiny-en-v1.5")
     rows = []
     try:
         for size in args.sizes_mb:
@@ -113,8 +115,7 @@ def main() -> None:
     lines = [
         "# Ingest memory: one large JSONL file, whole `rag-pipeline ingest`",
         "",
-        f"Command: `.venv/bin/python benchmarks/ingest_memory.py --baseline {args.baseline} --sizes-mb "
-        f"{' '.join(map(str, args.sizes_mb))} --record-kb {args.record_kb}`  ",
+        f"Command: `{harness.command_line(__file__)}`  ",
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; baseline = revision {args.baseline} (the code before streaming).",
         "",
@@ -131,9 +132,9 @@ def main() -> None:
         "",
         "Each figure is one fresh process (model load, Chroma, the record and the embedding cache included).",
         "The pipeline: directory loader, recursive chunker (1,000 characters), a tiny random bge-small-shaped "
-        "embedder (tests/model_factory.py: the model's memory does not grow with the file), Chroma on disk.",
+        "embedder (`harness.tiny_bi_encoder`: the model's memory does not grow with the file), Chroma on disk.",
     ]
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    harness.record_run(args.out.stem, harness.run_label(args.name), markdown="\n".join(lines) + "\n", results=args.out.parent)
     print("\n".join(lines))
 
 

@@ -8,6 +8,8 @@ packages installed in this environment (the versions pip chose here; markers eva
 machine), and sums the installed size of each distribution's files (its RECORD). No network and
 no second venv: a fresh ``python -m venv /tmp/v && pip install .`` downloads ~1 GB and resolves
 to the same set, which is what this counts. pip, setuptools and wheel are left out (every venv has them).
+
+Prints the figures as JSON; ``results/install-footprint.{md,json}`` hold a before/after pair of them.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import argparse
 import json
 import os
 import re
-import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parent.parent
+import harness
+
 ALWAYS_THERE = {"pip", "setuptools", "wheel"}
 
 
@@ -74,7 +76,7 @@ def closure(requirements: list[str], self_name: str, extras_table: dict[str, lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pyproject", default=str(REPO / "pyproject.toml"))
+    parser.add_argument("--pyproject", default=str(harness.REPO / "pyproject.toml"))
     parser.add_argument("--label", default="after")
     parser.add_argument("--top", type=int, default=8, help="largest distributions listed for the base install")
     args = parser.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
     sizes = {name: dist_size(dist) for row in rows.values() for name, dist in row.items()}
     result = {
         "label": args.label,
-        "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+        "command": harness.command_line(__file__),
         "installs": {
             row: {"packages": len(dists), "megabytes": round(sum(sizes[n] for n in dists) / 1e6)}
             for row, dists in rows.items()

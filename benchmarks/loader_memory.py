@@ -14,6 +14,9 @@ No model is loaded and nothing is embedded: this is the reader and the chunker o
 
     .venv/bin/python benchmarks/loader_memory.py                           # 100 MB and 1 GB (~15 min on 2 busy cores)
     .venv/bin/python benchmarks/loader_memory.py --sizes-mb 20 100 --out /tmp/loader-memory.md   # a quick look
+
+The run goes on top of ``--out`` (default ``benchmarks/results/loader-memory.md``); the run it
+replaces moves to the page's history.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import peak_rss_mib
+
 CHUNK_SIZE, CHUNK_OVERLAP = 1000, 100
 WORDS = (
     "river stone light harbour maple copper garden signal winter orbit lantern meadow bridge ember "
@@ -57,10 +61,6 @@ def generate(path: Path, size_bytes: int, seed: int = 7) -> int:
             handle.write(block)
             written += len(block)
     return count
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def _old_documents(path: Path, max_bytes: int):
@@ -90,7 +90,7 @@ def worker(strategy: str, path: Path) -> dict:
     chunker = RecursiveChunker(RecursiveChunkerConfig(chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP))
     chunker.split_documents([])  # import the splitter's modules before the baseline is taken
     size = path.stat().st_size
-    after_imports = _peak_rss_mb()
+    after_imports = peak_rss_mib()
     started = time.perf_counter()
     if strategy == "old":
         documents = _old_documents(path, size)
@@ -111,12 +111,12 @@ def worker(strategy: str, path: Path) -> dict:
         "chunks": chunk_count,
         "seconds": time.perf_counter() - started,
         "rss_after_imports_mb": after_imports,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mib(),
     }
 
 
 def measure(strategy: str, path: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, __file__, "--worker", strategy, str(path)], capture_output=True, text=True, env=env
     )
@@ -161,7 +161,8 @@ def report(rows: list[dict], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "loader-memory.md")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "loader-memory.md")
+    parser.add_argument("--name", default=None, help="label of this run on that page (default: the date)")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the generated files (default: a temp dir)")
     parser.add_argument("--worker", nargs=2, metavar=("STRATEGY", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,10 +181,9 @@ def main() -> None:
             path.unlink()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    command = "python benchmarks/loader_memory.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, command.strip()))
-    print(args.out.read_text())
+    text = report(rows, harness.command_line(__file__))
+    harness.record_run(args.out.stem, harness.run_label(args.name), markdown=text, results=args.out.parent)
+    print(text)
 
 
 if __name__ == "__main__":

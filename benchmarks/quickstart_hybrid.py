@@ -6,22 +6,22 @@ The quickstart config (configs/quickstart.yaml: all-MiniLM-L6-v2, token chunks o
 data/corpus once into a temporary folder with a BM25 index beside it; then each retriever answers
 the 60 questions of data/queries.jsonl, k 10, and the rank of each question's expected document
 (``doc_id``: a file, a PDF page, a CSV row or a JSONL line) is scored: hit@1, hit@3 (the
-quickstart's k) and MRR@10. Writes results/quickstart-hybrid.{md,json}.
+quickstart's k) and MRR@10. The run goes on top of results/quickstart-hybrid.{md,json} (the run it
+replaces moves to the page's history).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+import harness
+
+REPO = harness.REPO
 CONFIG = REPO / "configs" / "quickstart.yaml"
 VARIANTS = {
     "dense (quickstart today)": {"retriever": {"type": "dense", "k": 10, "fetch_k": 20}},
@@ -32,6 +32,11 @@ VARIANTS = {
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default=None, help="label of this run in results/quickstart-hybrid.md (default: the date)")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
+    args = parser.parse_args()
+
     from rag_pipeline import Pipeline
     from rag_pipeline.retrieval.path import document_key
 
@@ -63,9 +68,7 @@ def main() -> None:
             }
             v = results["variants"][label]
             print(f"{label}: hit@1 {v['hit@1']:.3f} hit@3 {v['hit@3']:.3f} MRR@10 {v['mrr@10']:.3f} p50 {v['p50_ms']:.1f} ms", flush=True)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
-    out = HERE / "results"
-    (out / "quickstart-hybrid.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    command = harness.command_line(__file__)
     lines = [
         "# Hybrid retrieval on the quickstart's sample queries",
         "",
@@ -97,7 +100,8 @@ def main() -> None:
     for label, v in results["variants"].items():
         for miss in v["not_first"]:
             lines.append(f"* {label}: rank {miss['rank']} (first: {miss['top']}): {miss['query']} -> {miss['expected']}")
-    (out / "quickstart-hybrid.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    harness.record_run("quickstart-hybrid", harness.run_label(args.name), markdown="\n".join(lines) + "\n", data=results,
+                       results=args.out)
     print("\n".join(lines))
 
 

@@ -19,6 +19,13 @@ Then, for the scaling model:
 * Chroma's own ``add`` with precomputed vectors (``store.upsert`` in write batches), the floor of that path.
 
     .venv/bin/python benchmarks/ray_ingest.py --docs 500 --pairs 2      # ~6 min on 2 loaded cores
+
+The run goes in ``benchmarks/results/ray-ingest.json`` (the run it replaces moves to
+``ray-ingest-history.json``); ``ray-ingest.md`` is written by hand from it.
+
+The per-phase and per-actor figures come from instrumenting the Ray engine's internals
+(``RayChunkSource._read_round`` and ``_embed_missing``, ``ray_engine._EmbeddingActor``): the engine
+reports neither yet.
 """
 
 from __future__ import annotations
@@ -26,36 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "scifact"
-
-from rag_pipeline import Pipeline  # noqa: E402
-from rag_pipeline.indexing import ray_engine  # noqa: E402
-
-
-def write_corpus(dataset: Path, folder: Path, limit: int) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            doc = json.loads(line)
-            (folder / f"{doc['_id']}.txt").write_text(f"{doc['title']} {doc['text']}".strip() + "\n", encoding="utf-8")
-            written += 1
-            if written == limit:
-                break
-    return written
+import harness
+from rag_pipeline import Pipeline
+from rag_pipeline.indexing import ray_engine
 
 
 def config_for(corpus: Path, index: Path, engine: str, concurrency: int, state: Path | None = None) -> dict:
@@ -147,11 +135,11 @@ def ingest(config: dict) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=2, help="local/ray pairs, alternating")
     parser.add_argument("--concurrency", type=int, default=2, help="embedding actors in the compared Ray runs")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
     args = parser.parse_args()
 
     import ray
@@ -161,7 +149,7 @@ def main() -> None:
     torch.set_num_threads(args.concurrency)
     root = Path(tempfile.mkdtemp(prefix="ray-ingest-"))
     corpus = root / "corpus"
-    documents = write_corpus(args.dataset, corpus, args.docs)
+    documents = len(harness.write_text_files(args.dataset, corpus, args.docs))
     # One model load for the whole run on the driver (the local engine, and the driver's cache key
     # under Ray); held here so each run does not load it again. The Ray actors load their own.
     warm = Pipeline.from_config(config_for(corpus, root / "warm", "local", 1)).embeddings.warm_up()
@@ -221,10 +209,10 @@ def main() -> None:
     best = {engine: max(r["chunks_per_s"] for r in runs if r["engine"] == engine) for engine in ("local", "ray")}
     median = {engine: statistics.median(r["chunks_per_s"] for r in runs if r["engine"] == engine) for engine in ("local", "ray")}
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
-        "versions": {name: metadata.version(name) for name in ("ray", "torch", "sentence-transformers", "chromadb")},
+        "command": harness.command_line(__file__),
+        "date": harness.utc_now(),
+        "environment": harness.environment(),
+        "ray": metadata.version("ray"),
         "documents": documents,
         "ray_start_s": round(ray_start, 2),
         "runs": runs,
@@ -235,8 +223,7 @@ def main() -> None:
         "driver_write_path": driver_write,
         "chroma_add": chroma_add,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray-ingest.json").write_text(json.dumps(result, indent=2) + "\n")
+    harness.record_run("ray-ingest", harness.run_label(), data=result, results=args.out)
     print(json.dumps({k: result[k] for k in ("best_chunks_per_s", "ray_vs_local_best", "ray_vs_local_median")}))
     shutil.rmtree(root, ignore_errors=True)
 

