@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from langchain_core.documents import Document
@@ -65,6 +65,21 @@ class Loader(Protocol):
 
     def load(self, files: list[Path] | None = None, show_progress: bool | None = None) -> Any: ...
 
+    def iter_file(self, file: Path, warnings: list[str]) -> Iterator[Document]:
+        """One file's documents, one at a time (ingest reads big files without holding them);
+        recoverable problems are appended to ``warnings``; ``UnreadableFile`` for the whole file."""
+        ...
+
+    def report(self, error: FileError, errors: list[FileError]) -> None:
+        """Record a per-file error (or raise ``LoaderError`` with ``on_error: fail``)."""
+        ...
+
+    # Set by ``discover()``: folders that could not be listed (their files are kept, never
+    # deleted), files selected that no reader handles, and errors met while listing.
+    unlisted: list[FileError]
+    unsupported: list[str]
+    discovery_errors: list[FileError]
+
 
 @runtime_checkable
 class Chunker(Protocol):
@@ -102,8 +117,52 @@ class Embedder(Protocol):
 
 
 @runtime_checkable
-class VectorIndex(Protocol):
+class Generations(Protocol):
+    """What the dense and the lexical index share: each serves one physical collection at a time
+    (``vectorstore.collection`` is served by ``name``, ``name.v2``, ... after each ``reindex``).
+    The index object that owns them sets ``resolve_collection`` (the active collection per the
+    record) and ``change_token`` (changes when another process commits), and the index follows
+    both before each read."""
+
+    resolve_collection: Callable[[], str] | None
+    change_token: Callable[[], Any] | None
+
+    @property
+    def collection_name(self) -> str: ...
+
+    def use_collection(self, name: str) -> None: ...
+
+    def drop_collection(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class VectorIndex(Generations, Protocol):
     """A dense index of chunks: write by id, read by id, search by vector."""
+
+    config: Any
+
+    @property
+    def local_directory(self) -> Path | None:
+        """The folder on this machine that holds it (None: in memory, or on a server)."""
+        ...
+
+    def index_exists(self) -> bool:
+        """Whether anything was ever written where the config points (asked without creating it)."""
+        ...
+
+    def exists_named(self, name: str) -> bool: ...
+
+    def collection_names(self) -> set[str]:
+        """Every physical collection the storage holds (generations included)."""
+        ...
+
+    def documents_in(self, collection: str, ids: Sequence[str]) -> list[Document]:
+        """Stored chunks of another physical collection (``reindex`` copies documents from code)."""
+        ...
+
+    def stored_fingerprint(self) -> dict[str, Any] | None:
+        """The embedding setup the collection was built with (None: not built yet)."""
+        ...
 
     @property
     def max_batch_size(self) -> int: ...
@@ -151,7 +210,7 @@ class VectorIndex(Protocol):
 
 
 @runtime_checkable
-class LexicalIndex(Protocol):
+class LexicalIndex(Generations, Protocol):
     """A sparse / lexical index (BM25, BGE-M3 sparse) with the write side of a ``VectorIndex``:
     it is told the chunks' texts instead of vectors and searched by query text. Scores are the
     index's own (higher is better; a chunk that matches nothing is not a hit)."""
@@ -168,13 +227,15 @@ class LexicalIndex(Protocol):
 
     def clear(self) -> None: ...
 
+    root: Path | None  # where its collections live (``<state>/lexical``), None in memory
+
+    def place(self, root: Path | None, collection: str) -> None:
+        """Keep the index under ``root`` (None: in memory) and serve ``collection``."""
+        ...
+
     def for_collection(self, name: str) -> "LexicalIndex":
         """The same index type and storage, serving another physical collection (``reindex``)."""
         ...
-
-    def use_collection(self, name: str) -> None: ...
-
-    def drop_collection(self, name: str) -> None: ...
 
     def count(self) -> int: ...
 

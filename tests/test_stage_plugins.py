@@ -21,8 +21,8 @@ from model_factory import REPO
 
 
 def _readme_plugin() -> tuple[dict, str]:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Write your own stage") :]
+    readme = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Write your own stage") :]
     pyproject = tomllib.loads(re.search(r"```toml\n(.*?)```", section, re.S).group(1))
     module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     return pyproject, module

@@ -11,8 +11,8 @@ from rag_pipeline import ConfigError, load_config
 
 
 def _readme_example() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### A stage of your own") :]
+    readme = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## A stage of your own") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
