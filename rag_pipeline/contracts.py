@@ -146,6 +146,12 @@ class VectorIndex(Generations, Protocol):
         """The folder on this machine that holds it (None: in memory, or on a server)."""
         ...
 
+    @property
+    def location(self) -> str | None:
+        """Where it lives, for messages and the index's identity: a folder or a server's address
+        (None: in memory)."""
+        ...
+
     def index_exists(self) -> bool:
         """Whether anything was ever written where the config points (asked without creating it)."""
         ...

@@ -78,7 +78,7 @@ class Pipeline:
                 needed = [self.stage(name) for name in KINDS[kind].needs]
                 self._stages[kind] = lookup(kind, stage_config.type).builder(stage_config, *needed)
                 if KINDS[kind].indexes:
-                    self.index.attach(self._stages[kind])
+                    self.index.attach(kind, self._stages[kind])
         return self._stages[kind]
 
     def _build_store(self, collection: str) -> Any:

@@ -91,13 +91,14 @@ class Index:
             self._embedding_cache = self.state.embedding_cache(self.embeddings.cache_identity()) if enabled else None
         return self._embedding_cache
 
-    def attach(self, index: Any) -> None:
-        """Make a dense or lexical index serve the physical collection the record names active for
-        ``vectorstore.collection``, asking again when the record changes (another process)."""
+    def attach(self, kind: str, index: Any) -> None:
+        """Make the dense (``vectorstore``) or ``lexical`` index serve the physical collection the
+        record names active for ``vectorstore.collection``, asking again when the record changes
+        (another process)."""
         logical = self.config.vectorstore.collection
         index.resolve_collection = lambda: self.state.active_collection(logical)
         index.change_token = self.state.change_token
-        if hasattr(index, "place"):  # a lexical index lives under the state directory
+        if kind == "lexical":  # a lexical index lives under the state directory
             directory = self.state.directory
             index.place(directory / "lexical" if directory is not None else None, index.resolve_collection())
         else:
@@ -159,7 +160,7 @@ class Index:
         """The store a record's collection lives in. A folder is kept relative to the state
         directory, so that moving or copying the two together keeps them a pair."""
         store, state = self.store, self.state.directory
-        location = getattr(store, "location", None)
+        location = store.location
         if store.local_directory is not None:
             folder = Path(store.local_directory).resolve()
             location = os.path.relpath(folder, Path(state).resolve()) if state is not None else str(folder)
@@ -352,7 +353,7 @@ class Index:
     def require(self) -> None:
         """Raise ``IndexNotFoundError`` when a persistent index has not been ingested yet."""
         store = self.store
-        location = getattr(store, "location", store.local_directory)  # a server has no local folder
+        location = store.location  # a folder, a server's address, or None in memory
         if location is None:
             return  # in memory: an empty index is this process's own business
         searched = self.config.retriever.indexes_searched()

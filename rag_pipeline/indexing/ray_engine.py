@@ -139,8 +139,7 @@ class _EmbeddingActor:
                 f"embeddings.precision: the driver embeds in {dtype} but a Ray actor on {device} can only run {resolved}; "
                 "set embeddings.precision to one both can run"
             )
-        if hasattr(self.embedder, "warm_up"):
-            self.embedder.warm_up()  # the one model load of this actor, before its first batch
+        self.embedder.warm_up()  # the one model load of this actor, before its first batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Passages as they are: the query instruction is for queries only (encode adds none).

@@ -136,14 +136,14 @@ def plan_sync(
         plan.updated.append(source)
         plan.todo.append(FileChange(path, source, previous))
     # Never delete what could not be seen: files under a folder the loader could not list are kept.
-    unlisted = [e.source.rstrip("/") + "/" for e in getattr(loader, "unlisted", [])]
+    unlisted = [e.source.rstrip("/") + "/" for e in loader.unlisted]
     for source in sorted(set(recorded) - seen):
         if cleanup == "full" and not any(source.startswith(folder) for folder in unlisted):
             plan.removed.append(source)
             plan.removed_chunks += recorded[source].chunks
         else:
             plan.kept.append(source)
-    plan.unsupported = list(getattr(loader, "unsupported", []))
+    plan.unsupported = list(loader.unsupported)
     for source in sorted(from_code):
         if prune_api:
             plan.removed.append(source)
@@ -303,7 +303,7 @@ class Indexer:
             self.loader.report(FileError(source, CONFLICT_REASON), report.errors)
         report.files_unchanged = len(plan.unchanged)
         report.chunks = report.skipped = plan.unchanged_chunks
-        for error in getattr(self.loader, "discovery_errors", []):
+        for error in self.loader.discovery_errors:
             self.loader.report(error, report.errors)  # raises with loader.on_error: fail
         if plan.restat:
             self.record.update_stats(self.collection, plan.restat)

@@ -28,8 +28,7 @@ from .documents import DocumentWriter
 
 def _holds_anything(index: VectorIndex) -> bool:
     """Whether the index exists, asked without creating it (a read never creates an index folder)."""
-    exists_on_disk = getattr(index, "index_exists", None)
-    return (exists_on_disk is None or exists_on_disk()) and index.exists()
+    return index.index_exists() and index.exists()
 
 
 def _without_score(hit: Document) -> tuple[Document, float]:
