@@ -15,7 +15,6 @@ from typing import Any, Iterator, Mapping, Sequence
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from .chunkers.base import chunk_id
 from .config import PipelineConfig, load_config
 from .errors import ConfigError
 from .indexing.cache import EmbeddingCache
@@ -28,6 +27,16 @@ from .jsonl import read_json_objects
 from .models import ResolvedModel, resolve_model
 from .registry import KINDS, STAGE_KINDS, lookup
 from .stage_config import named_models
+
+
+class _StageView:
+    """A read-only attribute of :class:`Pipeline` that is its built stage of one kind."""
+
+    def __init__(self, kind: str, doc: str):
+        self.kind, self.__doc__ = kind, doc
+
+    def __get__(self, pipeline: "Pipeline | None", owner: type) -> Any:
+        return self if pipeline is None else pipeline.stage(self.kind)
 
 
 class Pipeline:
@@ -88,23 +97,12 @@ class Pipeline:
         return store
 
     # -- stages ------------------------------------------------------------------------------------
-    @property
-    def loader(self):
-        return self.stage("loader")
-
-    @property
-    def embeddings(self):
-        """The LangChain ``Embeddings`` in use (query instruction on queries only)."""
-        return self.stage("embeddings")
-
-    @property
-    def chunker(self):
-        return self.stage("chunker")
-
-    @property
-    def store(self):
-        """The vector index (``vectorstore:`` section)."""
-        return self.stage("vectorstore")
+    loader = _StageView("loader", "The loader (``loader:`` section).")
+    embeddings = _StageView("embeddings", "The LangChain ``Embeddings`` in use (query instruction on queries only).")
+    chunker = _StageView("chunker", "The chunker (``chunker:`` section).")
+    store = _StageView("vectorstore", "The vector index (``vectorstore:`` section).")
+    reranker = _StageView("reranker", "The cross-encoder (``reranker:`` section), or None.")
+    lexical = _StageView("lexical", "The lexical (BM25) index (``lexical:`` section), or None.")
 
     @property
     def vectorstore(self) -> IndexedVectorStore:
@@ -113,15 +111,6 @@ class Pipeline:
         collection is ``pipe.store.vectorstore``; writes through that one are not recorded, and
         the next ingest removes them."""
         return self.as_vectorstore()
-
-    @property
-    def reranker(self):
-        return self.stage("reranker")
-
-    @property
-    def lexical(self):
-        """The lexical (BM25) index (``lexical:`` section), or None."""
-        return self.stage("lexical")
 
     @property
     def state(self) -> IndexState:
@@ -192,7 +181,7 @@ class Pipeline:
         Without ``source``, documents are grouped by ``metadata["source"]``. Recorded as added
         from code: ``ingest`` keeps them; :meth:`delete` (or ``ingest --prune-api``) removes them.
         """
-        return self.index.add_documents(documents, source, self._chunk_source)
+        return self.index.add_documents(documents, source)
 
     def delete(self, *, source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> int:
         """Remove documents added from code: whole sources, or chunks by id. Returns the number of
@@ -209,18 +198,6 @@ class Pipeline:
     def as_document_index(self, k: int = 4) -> IndexedDocumentIndex:
         """The index as LangChain's (beta) ``DocumentIndex``, over :meth:`as_vectorstore`."""
         return self.index.as_document_index(k)
-
-    def _chunk_source(self, source: str, documents: Sequence[Document]) -> list[Document]:
-        """Chunks of a source's documents. A document's ``doc_id`` is its id, its own
-        ``metadata['doc_id']``, or the source (``source#n`` for the n-th after the first, so that
-        appending a document keeps the others' chunk ids); chunk ids are scoped by the source, so
-        two sources never share one."""
-        prepared = []
-        for number, document in enumerate(documents):
-            doc_id = document.id or document.metadata.get("doc_id") or (f"{source}#{number}" if number else source)
-            metadata = {**document.metadata, "source": source, "doc_id": doc_id}
-            prepared.append(Document(page_content=document.page_content, metadata=metadata))
-        return [scoped_to_source(chunk, source) for chunk in self.chunker.split_documents(prepared)]
 
     # -- what the index holds ------------------------------------------------------------------------
     def sources(self) -> list[SourceInfo]:
@@ -281,18 +258,6 @@ class Pipeline:
         lines = path.read_text(encoding="utf-8").split("\n")
         return [line.strip() for line in lines if line.strip()]
 
-
-
-def scoped_to_source(chunk: Document, source: str) -> Document:
-    """A chunk's id names its source: a ``doc_id`` that is the source's own (the source itself,
-    or ``source#...`` as the loader and ``add_documents`` make them) keeps the id the chunker gave,
-    any other (a caller's id, or a folder file's ``doc_id`` copied into metadata) is prefixed with
-    the source, so that two sources never write the same chunk."""
-    doc_id = str(chunk.metadata.get("doc_id") or "")
-    if doc_id == source or doc_id.startswith(f"{source}#"):
-        return chunk
-    identifier = chunk_id(f"{source}\x1e{doc_id}", chunk.metadata.get("chunk_index", 0), chunk.page_content)
-    return Document(page_content=chunk.page_content, metadata={**chunk.metadata, "chunk_id": identifier}, id=identifier)
 
 
 def reading_stages(config: PipelineConfig) -> tuple[Any, Any]:

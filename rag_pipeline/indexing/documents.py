@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from langchain_core.documents import Document
 
+from ..chunkers.base import chunk_id
 from ..errors import DocumentError
 from .record import API, FileRecord
 from .report import IngestReport
@@ -30,6 +31,27 @@ from .session import WriteSession
 
 # Where a vector-store entry without a ``source`` in its metadata is recorded.
 DEFAULT_API_SOURCE = "vectorstore"
+
+
+def chunk_source(chunker: Any, source: str, documents: Sequence[Document]) -> list[Document]:
+    """Chunks of a source's documents. A document's ``doc_id`` is its id, its own
+    ``metadata['doc_id']``, or the source (``source#n`` for the n-th after the first, so that
+    appending a document keeps the others' chunk ids). Chunk ids are scoped by the source: a
+    ``doc_id`` that is the source's own (the source, or ``source#...`` as the loader makes them)
+    keeps the id the chunker gave; any other (a caller's id, or a folder file's ``doc_id`` copied
+    into metadata) is prefixed with the source, so two sources never write the same chunk."""
+    prepared = []
+    for number, document in enumerate(documents):
+        doc_id = document.id or document.metadata.get("doc_id") or (f"{source}#{number}" if number else source)
+        metadata = {**document.metadata, "source": source, "doc_id": doc_id}
+        prepared.append(Document(page_content=document.page_content, metadata=metadata))
+    chunks = chunker.split_documents(prepared)
+    for position, chunk in enumerate(chunks):
+        doc_id = str(chunk.metadata.get("doc_id") or "")
+        if doc_id != source and not doc_id.startswith(f"{source}#"):
+            scoped = chunk_id(f"{source}\x1e{doc_id}", chunk.metadata.get("chunk_index", 0), chunk.page_content)
+            chunks[position] = Document(page_content=chunk.page_content, metadata={**chunk.metadata, "chunk_id": scoped}, id=scoped)
+    return chunks
 
 
 def documents_digest(documents: Sequence[Document]) -> str:

@@ -22,7 +22,7 @@ from langchain_core.documents import Document
 from ..errors import ConfigError, DocumentError, IndexMismatchError, IndexNotFoundError
 from . import inventory
 from .cache import EmbeddingCache
-from .documents import DocumentWriter, copy_sources_from_code
+from .documents import DocumentWriter, chunk_source, copy_sources_from_code
 from .generations import begin_reindex, finish_reindex, prepare_ingest
 from .inventory import SourceInfo
 from .record import RECORD_FILENAME, IndexRecord
@@ -312,7 +312,7 @@ class Index:
         return report
 
     # -- documents from code ---------------------------------------------------------------------------
-    def add_documents(self, documents: Sequence[Document], source: str | None, chunk: Callable) -> IngestReport:
+    def add_documents(self, documents: Sequence[Document], source: str | None) -> IngestReport:
         groups: dict[str, list[Document]] = {}
         for document in documents:
             name = source if source is not None else document.metadata.get("source")
@@ -323,7 +323,7 @@ class Index:
         started = time.perf_counter()
         with self.document_writes() as writer:
             for name, group in groups.items():
-                report = writer.add_source(name, group, chunk(name, group))
+                report = writer.add_source(name, group, chunk_source(self._stage("chunker"), name, group))
                 for key in _REPORT_COUNTS:
                     setattr(total, key, getattr(total, key) + getattr(report, key))
             total.collection = writer.collection
