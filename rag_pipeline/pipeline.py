@@ -17,7 +17,6 @@ from langchain_core.retrievers import BaseRetriever
 
 from .config import PipelineConfig, load_config
 from .errors import ConfigError
-from .indexing.cache import EmbeddingCache
 from .indexing.index import Index
 from .indexing.inventory import SourceInfo
 from .indexing.report import IngestReport, SyncPlan
@@ -116,10 +115,6 @@ class Pipeline:
     def state(self) -> IndexState:
         """Record, lock and embedding cache: in ``ingest.state_directory``, else beside the index."""
         return self.index.state
-
-    @property
-    def embedding_cache(self) -> EmbeddingCache | None:
-        return self.index.embedding_cache
 
     # -- work --------------------------------------------------------------------------------------
     def preflight(self) -> dict[str, ResolvedModel]:

@@ -217,9 +217,7 @@ def train_embedder(
     arguments = _arguments(
         SentenceTransformerTrainingArguments, out, settings, len(columns["anchor"]), batch_sampler=BatchSamplers.NO_DUPLICATES
     )
-    trainer = SentenceTransformerTrainer(model=model, args=arguments, train_dataset=Dataset.from_dict(columns), loss=objective)
-    resume_from = _resume_point(out, settings.resume)
-    trainer.train(resume_from_checkpoint=resume_from)
+    trainer, resume_from = _train(SentenceTransformerTrainer, model, arguments, Dataset.from_dict(columns), objective, out, settings)
     if lora_rank:
         _merge_lora(model)
     model.save(str(out))
@@ -227,8 +225,7 @@ def train_embedder(
         "embedder", base, resolved, data, loss, settings, trainer, time.perf_counter() - started,
         query_instruction=instruction, lora_rank=lora_rank, rows=len(columns["anchor"]), resumed_from=resume_from,
     )
-    write_card(out, card)
-    return TrainingResult(out, trainer.state.global_step, card["seconds"], card["peak_rss_mb"], card)
+    return _finished(out, trainer, card)
 
 
 def train_reranker(
@@ -280,14 +277,24 @@ def train_reranker(
         raise ConfigError(f"--loss: {loss!r} is not a reranker loss; use listwise, bce or margin-mse")
     rows = len(next(iter(columns.values())))
     arguments = _arguments(CrossEncoderTrainingArguments, out, settings, rows)
-    trainer = CrossEncoderTrainer(model=model, args=arguments, train_dataset=Dataset.from_dict(columns), loss=objective)
-    resume_from = _resume_point(out, settings.resume)
-    trainer.train(resume_from_checkpoint=resume_from)
+    trainer, resume_from = _train(CrossEncoderTrainer, model, arguments, Dataset.from_dict(columns), objective, out, settings)
     model.save_pretrained(str(out))
     card = _card(
         "reranker", base, resolved, data, loss, settings, trainer, time.perf_counter() - started, rows=rows,
         resumed_from=resume_from, head=head, in_batch_negatives=in_batch_negatives if loss == "listwise" else None,
     )
+    return _finished(out, trainer, card)
+
+
+def _train(trainer_class, model, arguments, dataset, objective, out: Path, settings: TrainingSettings):
+    """Train (from the last checkpoint with ``settings.resume``); the trainer and where it resumed."""
+    trainer = trainer_class(model=model, args=arguments, train_dataset=dataset, loss=objective)
+    resume_from = _resume_point(out, settings.resume)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return trainer, resume_from
+
+
+def _finished(out: Path, trainer, card: dict[str, Any]) -> TrainingResult:
     write_card(out, card)
     return TrainingResult(out, trainer.state.global_step, card["seconds"], card["peak_rss_mb"], card)
 
