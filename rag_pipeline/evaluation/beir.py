@@ -7,6 +7,11 @@ The rules follow BEIR's ``GenericDataLoader``: a document's text is ``title + " 
 are evaluated. Every problem with the folder is a :class:`~rag_pipeline.errors.ConfigError`
 with a one-line message naming the file and, for a bad line, its number.
 
+One rule differs: BEIR keeps the last of two documents (or queries) that share an ``_id``, without
+a word. Here, copies with the same text are kept once, with a warning; copies whose text differs
+are refused, naming the ids: the qrels judge an id, and which of the texts they judged is
+unknown, so any score measured on one of them (or a training file mined from it) rests on a guess.
+
     >>> dataset = load_beir("../shared/datasets/scifact", split="test")   # doctest: +SKIP
     >>> small = dataset.subset_of(max_queries=20, distractors=100)          # doctest: +SKIP
 """
@@ -15,10 +20,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from langchain_core.documents import Document
 
@@ -26,6 +32,9 @@ from ..errors import ConfigError
 from ..jsonl import read_json_objects
 from .metrics import queries_without_relevant
 
+logger = logging.getLogger(__name__)
+# ids named in a duplicate message; the count says how many there are in all
+_IDS_SHOWN = 5
 
 @dataclass(frozen=True)
 class SubsetSpec:
@@ -134,12 +143,19 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
                 hint = f"; available splits: {', '.join(splits) or '(none)'}"
             raise ConfigError(f"--dataset: {file} not found (not a BEIR folder?){hint}")
     qrels = _read_qrels(files["qrels"])
-    all_queries = read_json_objects(files["queries"], required=("_id", "text"))
-    corpus = {
-        str(record["_id"]): {"title": str(record.get("title") or ""), "text": str(record.get("text") or "")}
-        for record in read_json_objects(files["corpus"], required=("_id",))
-    }
-    query_text = {str(record["_id"]): str(record["text"]) for record in all_queries}
+    corpus = _unique_by_id(
+        files["corpus"],
+        (
+            (str(record["_id"]), {"title": str(record.get("title") or ""), "text": str(record.get("text") or "")})
+            for record in read_json_objects(files["corpus"], required=("_id",))
+        ),
+        "document",
+    )
+    query_text = _unique_by_id(
+        files["queries"],
+        ((str(record["_id"]), str(record["text"])) for record in read_json_objects(files["queries"], required=("_id", "text"))),
+        "query",
+    )
     missing = [q for q in qrels if q not in query_text]
     if missing:
         raise ConfigError(f"{files['qrels']}: query id {missing[0]!r} is not in {files['queries'].name} ({len(missing)} missing)")
@@ -152,6 +168,39 @@ def load_beir(path: str | Path, split: str = "test", name: str | None = None) ->
         qrels=qrels,
         files_sha256={key: _sha256(file) for key, file in files.items()},
     )
+
+
+def _unique_by_id(file: Path, records: Iterable[tuple[str, Any]], what: str) -> dict[str, Any]:
+    """Records by id, in file order. An id given twice with the same content is kept once (a
+    warning says which); with different content, it is a ``ConfigError`` naming the ids."""
+    by_id: dict[str, Any] = {}
+    copies: dict[str, int] = {}  # id -> how many records carry it, for ids that appear more than once
+    conflicting: set[str] = set()
+    for key, value in records:
+        if key not in by_id:
+            by_id[key] = value
+            continue
+        copies[key] = copies.get(key, 1) + 1
+        if value != by_id[key]:
+            conflicting.add(key)
+    if conflicting:
+        ids = [key for key in copies if key in conflicting]
+        raise ConfigError(
+            f"{file}: {len(ids)} _id{'s are' if len(ids) > 1 else ' is'} given to more than one {what} with different "
+            f"text: {_name_ids(ids, copies)}; the qrels cannot say which one they judge: give each {what} its own _id"
+        )
+    if copies:
+        ids = list(copies)
+        logger.warning(
+            "%s: %d _id%s repeated with the same text, kept once: %s",
+            file, len(ids), "s" if len(ids) > 1 else "", _name_ids(ids, copies),
+        )
+    return by_id
+
+
+def _name_ids(ids: list[str], copies: dict[str, int]) -> str:
+    named = ", ".join(f"{key!r} ({copies[key]} times)" for key in ids[:_IDS_SHOWN])
+    return named + (f" and {len(ids) - _IDS_SHOWN} more" if len(ids) > _IDS_SHOWN else "")
 
 
 def _read_qrels(file: Path) -> dict[str, dict[str, int]]:

@@ -40,11 +40,19 @@ class TrainingExample:
 
 
 def write_training_file(examples: Iterable[TrainingExample], path: str | Path) -> Path:
+    """Write the examples, each checked first as :func:`read_training_file` checks a line: a file
+    written here is one training reads (an empty passage is refused now, not at training time)."""
     path = Path(path)
+    records = []
+    for number, example in enumerate(examples, start=1):
+        record = example.to_json()
+        named = f" (query_id {example.query_id!r})" if example.query_id is not None else ""
+        _check(record, f"{path}: example {number}{named}")
+        records.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for example in examples:
-            handle.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
 
@@ -68,6 +76,10 @@ def _parse(line: str, where: str) -> TrainingExample:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: invalid JSON ({exc.msg})") from None
+    return _check(record, where)
+
+
+def _check(record: object, where: str) -> TrainingExample:
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: expected a JSON object with query, pos, neg")
     missing = [key for key in ("query", "pos", "neg") if key not in record]

@@ -81,7 +81,13 @@ class Index:
         """Record, lock and embedding cache: in ``ingest.state_directory``, else beside the index."""
         if self._state is None:
             directory = self.config.ingest.state_directory
-            self._state = IndexState(directory if directory is not None else self.store.local_directory)
+            if directory is not None:
+                self._state = IndexState(directory)
+            else:
+                self._state = IndexState(
+                    self.store.local_directory,
+                    setting="vectorstore.persist_directory (ingest.state_directory is unset: the state lives in the index folder)",
+                )
         return self._state
 
     @property

@@ -1,10 +1,11 @@
 """Reading BEIR folders (layout, text rules, errors) and drawing subsets."""
 
 import json
+import logging
 
 import pytest
 
-from eval_helpers import SCIFACT, requires_scifact, write_beir
+from eval_helpers import SCIFACT, TINY_CORPUS, requires_scifact, write_beir
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.evaluation import load_beir
 
@@ -80,3 +81,50 @@ def test_scifact_matches_its_readme():
     assert dataset.files_sha256["qrels"] == sums["qrels/test.tsv"]
     first = json.loads((SCIFACT / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert dataset.documents()[0].page_content == (first["title"] + " " + first["text"]).strip()
+
+
+# -- duplicate ids (issue 21, item 15) -----------------------------------------------------------
+
+
+def append_lines(file, *records):
+    with file.open("a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def test_a_duplicate_document_id_with_other_text_is_refused_naming_the_ids(beir):
+    """BEIR keeps the last copy without a word, so eval and mining ran on whichever came last."""
+    append_lines(
+        beir / "corpus.jsonl",
+        {"_id": "tides", "title": "Tides", "text": "A different text under the same id."},
+        {"_id": "bees", "title": "Bees", "text": "Another bee text."},
+        {"_id": "tides", "title": "Tides", "text": "And a third."},
+    )
+    with pytest.raises(ConfigError) as info:
+        load_beir(beir)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{beir / 'corpus.jsonl'}: 2 _ids are given to more than one document")
+    assert "'bees' (2 times)" in message and "'tides' (3 times)" in message
+
+
+def test_many_conflicting_ids_are_counted_and_a_few_named(beir):
+    append_lines(beir / "corpus.jsonl", *({"_id": doc["_id"], "text": "changed"} for doc in TINY_CORPUS))
+    with pytest.raises(ConfigError, match=r": 8 _ids are given .*'bees' \(2 times\).* and 3 more;"):
+        load_beir(beir)
+
+
+def test_a_repeated_document_with_the_same_text_is_kept_once_with_a_warning(beir, caplog, monkeypatch):
+    from rag_pipeline.evaluation import beir as beir_module
+
+    monkeypatch.setattr(beir_module.logger, "disabled", False)  # another test may have configured logging
+    append_lines(beir / "corpus.jsonl", next(doc for doc in TINY_CORPUS if doc["_id"] == "moon"))
+    with caplog.at_level(logging.WARNING, logger=beir_module.logger.name):
+        dataset = load_beir(beir)
+    assert len(dataset.corpus) == len(TINY_CORPUS) and len(dataset.documents()) == len(TINY_CORPUS)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == beir_module.logger.name]
+    assert "1 _id repeated with the same text, kept once: 'moon' (2 times)" in warning
+
+
+def test_a_duplicate_query_id_with_other_text_is_refused(beir):
+    append_lines(beir / "queries.jsonl", {"_id": "q2", "text": "a different question under q2"})
+    with pytest.raises(ConfigError, match=r"queries\.jsonl: 1 _id is given to more than one query with different text: 'q2'"):
+        load_beir(beir)

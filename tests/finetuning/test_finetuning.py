@@ -1,10 +1,12 @@
 """``rag-pipeline finetune``: the dev split, mining, training files, and a few training steps on tiny models."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import pipeline_config
 from rag_pipeline.cli import main
@@ -24,6 +26,7 @@ from rag_pipeline.finetuning import (
     train_reranker,
     write_training_file,
 )
+from rag_pipeline.finetuning.mining import logger as mining_logger
 from rag_pipeline.models import model_identity, resolve_model
 
 WORDS = "bees tides tea bread chess moon coffee bikes river glacier volcano desert forest cloud storm coral".split()
@@ -145,6 +148,52 @@ def test_the_margin_guard_drops_candidates_close_to_the_positive(tmp_path, tiny_
         if strict.pos_scores is not None:
             assert all(score < min(strict.pos_scores) for score in strict.neg_scores)
     assert sum(len(e.neg) for e in guarded) < sum(len(e.neg) for e in plain)
+
+
+def blank_document(folder: Path, doc_id: str) -> None:
+    """Give one document of a BEIR folder an empty title and text (as some corpora have)."""
+    corpus = folder / "corpus.jsonl"
+    records = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines()]
+    for record in records:
+        if record["_id"] == doc_id:
+            record["title"], record["text"] = "", ""
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def test_a_judged_document_with_no_text_is_never_mined_as_a_positive(tmp_path, tiny_bge_dir, caplog, monkeypatch):
+    """Issue 21, item 15: mining wrote "" as a positive, and training then refused the whole file."""
+    folder = write_toy_beir(tmp_path / "toy")
+    blank_document(folder, "d3")  # q3's only relevant document
+    with (folder / "qrels" / "train.tsv").open("a", encoding="utf-8") as qrels:
+        qrels.write("q4\td3\t1\n")  # q4: d4 and the empty d3
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(toy_config(tmp_path, tiny_bge_dir)), encoding="utf-8")
+    out = tmp_path / "train.jsonl"
+    monkeypatch.setattr(mining_logger, "disabled", False)  # another test may have configured logging
+    with caplog.at_level(logging.WARNING, logger=mining_logger.name):
+        code = main(["finetune", "mine", str(config), "--dataset", str(folder), "--out", str(out), "--no-dev",
+                     "--ranks", "2..9", "-q"])
+    assert code == 0
+    examples = {e.query_id: e for e in read_training_file(out)}  # training reads what mining wrote
+    assert all(text.strip() for e in examples.values() for text in e.pos)
+    assert "q3" not in examples and set(examples) == {f"q{i}" for i in range(12)} - {"q3"}
+    text = {d.metadata["doc_id"]: d.page_content for d in load_beir(folder, split="train").documents()}
+    assert examples["q4"].pos == [text["d4"]]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == mining_logger.name]
+    assert "1 judged-relevant document with no text" in warning and "'d3'" in warning
+    assert "1 query had no other positive" in warning and "'q3'" in warning
+
+
+def test_mining_refuses_a_corpus_whose_duplicate_ids_carry_different_texts(tmp_path, capsys):
+    folder = write_toy_beir(tmp_path / "toy")
+    with (folder / "corpus.jsonl").open("a", encoding="utf-8") as corpus:
+        corpus.write(json.dumps({"_id": "d2", "title": "tea", "text": "another tea altogether"}) + "\n")
+    out = tmp_path / "train.jsonl"
+    code = main(["finetune", "mine", "unused.yaml", "--dataset", str(folder), "--out", str(out), "--no-dev", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "corpus.jsonl: 1 _id is given to more than one document with different text: 'd2' (2 times)" in err
+    assert not out.exists()
 
 
 # -- training --------------------------------------------------------------------------------------

@@ -193,3 +193,102 @@ def test_config_show_says_whether_fusion_is_on(repo_root, capsys, monkeypatch):
     monkeypatch.setenv(graph_fusion.GRAPH_FUSION_ENV, "0")
     assert main(["config", "show", config, "--set", "embeddings.device=cpu"]) == 0
     assert "oneDNN Graph fusion off (RAG_PIPELINE_GRAPH_FUSION=0)" in capsys.readouterr().out
+
+
+# -- padding: the checks must see the attention mask at work (issue 21, item 16) ------------------
+
+
+def mask_blind(build, *, from_length: int = 0):
+    """A stand-in for a library change that loses the attention mask in the traced graph: the
+    graph built by ``build`` is fed an all-ones mask, at sequence lengths of ``from_length`` and up."""
+
+    def build_ignoring_the_mask(self, names, example):
+        graph = build(self, names, example)
+        at = names.index("attention_mask")
+
+        def run(*values):
+            if values[at].shape[1] >= from_length:
+                values = tuple(torch.ones_like(v) if i == at else v for i, v in enumerate(values))
+            return graph(*values)
+
+        return run
+
+    return build_ignoring_the_mask
+
+
+def fusion_off_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "fusion off" in r.getMessage()]
+
+
+def test_a_graph_that_ignores_the_attention_mask_is_caught_when_traced(monkeypatch, caplog):
+    """The trace's own check used the first rows of a sorted batch, which have no padding: a graph
+    without a mask passed it and served wrong vectors for every padded row."""
+    texts = passages(32)
+    eager = minilm().encode(texts, batch_size=16)
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    monkeypatch.setattr(FusedForward, "_build", mask_blind(FusedForward._build))
+    with caplog.at_level(logging.WARNING):
+        vectors = model.encode(texts, batch_size=16)
+        again = model.encode(texts, batch_size=16)
+    forward = fused_forward(model)
+    assert forward.fused_calls == 0 and "differs from eager" in forward.disabled_because
+    (warning,) = fusion_off_warnings(caplog)
+    assert "\n" not in warning
+    assert min_cosine(vectors, eager) > 0.99999 and min_cosine(again, eager) > 0.99999
+
+
+def test_a_graph_that_loses_the_mask_at_a_later_shape_is_caught_on_that_shapes_first_call(monkeypatch, caplog):
+    """The trace is checked at short lengths only; a graph that goes wrong at a longer shape (a
+    kernel compiled for it) is caught by the check of that shape's first call, before it serves."""
+    texts = passages(40)
+    eager = minilm().encode(texts, batch_size=16)
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    longer_than_the_checks = 4 * graph_fusion.TRACE_LENGTH
+    monkeypatch.setattr(FusedForward, "_build", mask_blind(FusedForward._build, from_length=longer_than_the_checks))
+    with caplog.at_level(logging.WARNING):
+        vectors = model.encode(texts, batch_size=16)
+    forward = fused_forward(model)
+    assert forward.disabled_because is not None and "differs from eager at" in forward.disabled_because
+    (warning,) = fusion_off_warnings(caplog)
+    assert "tokens" in warning
+    assert min_cosine(vectors, eager) > 0.99999  # the batch that showed it was answered eagerly
+
+
+def test_fused_states_equal_eager_on_heavily_padded_batches():
+    """Rows of very different lengths in one batch: every token the mask keeps gets eager's state."""
+    texts = [t if i % 3 else t[:30] for i, t in enumerate(passages(16))]  # every third row mostly padding
+    model = minilm()
+    fuse_for_cpu(model, device="cpu", dtype="float32")
+    forward = fused_forward(model)
+    reference = minilm()[0].model
+    batch = dict(model.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt"))
+    assert (batch["attention_mask"] == 0).any(dim=1).sum() > len(texts) // 2
+    for _ in range(3):  # the trace, the profiling run, the compiled kernels
+        with torch.no_grad():
+            fused = model[0].model(**batch).last_hidden_state
+            eager = reference(**batch).last_hidden_state
+        kept = batch["attention_mask"].bool()
+        states_fused, states_eager = fused[kept], eager[kept]
+        cosine = torch.nn.functional.cosine_similarity(states_fused, states_eager, dim=1)
+        assert cosine.min().item() > 0.9999
+    assert forward.fused_calls == 3 and forward.disabled_because is None
+
+
+def test_a_cross_encoder_graph_that_ignores_the_mask_is_caught_by_its_scores(monkeypatch, caplog):
+    """A cross-encoder's graph answers one score a row; a cosine of one number compares only its
+    sign, so scores are compared as numbers. (MiniLM's encoder under a seeded random score head:
+    the tiny test reranker's scores hardly depend on the text.)"""
+    torch.manual_seed(0)
+    cross_encoder = CrossEncoder(str(minilm_path()), num_labels=1, device="cpu", max_length=128)
+    pairs = [("how do I purify water when camping", text) for text in passages(24)]
+    eager_scores = cross_encoder.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity())
+    assert fuse_for_cpu(cross_encoder, device="cpu", dtype="float32")
+    monkeypatch.setattr(FusedForward, "_build", mask_blind(FusedForward._build))
+    with caplog.at_level(logging.WARNING):
+        scores = cross_encoder.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity())
+    (forward,) = [m.model.forward for m in cross_encoder.modules() if isinstance(m, Transformer)]
+    assert forward.fused_calls == 0 and "logits differs from eager" in forward.disabled_because
+    assert len(fusion_off_warnings(caplog)) == 1
+    np.testing.assert_allclose(scores, eager_scores, atol=1e-6)
