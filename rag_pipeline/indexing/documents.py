@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from langchain_core.documents import Document
 
@@ -31,6 +31,35 @@ from .session import WriteSession
 
 # Where a vector-store entry without a ``source`` in its metadata is recorded.
 DEFAULT_API_SOURCE = "vectorstore"
+
+
+def check_text(value: Any, what: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DocumentError(
+                f"{what} is not valid text: {value[max(exc.start - 10, 0):exc.start]!r} is followed by a lone "
+                f"surrogate {value[exc.start]!r} at position {exc.start}; decode the source with errors='replace'"
+            ) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_text(key, f"{what} key")
+            check_text(item, f"{what}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_text(item, what)
+
+
+def check_documents(documents: Sequence[Document], source: str | None = None) -> None:
+    """Refuse, naming the field, text that cannot be stored: a lone surrogate (what a bad decode
+    or a JSON ``\\ud800`` escape leaves) in a document's content, id, metadata or source."""
+    if source is not None:
+        check_text(source, "source")
+    for number, document in enumerate(documents):
+        check_text(document.page_content, f"document {number}: content")
+        check_text(document.id, f"document {number}: id")
+        check_text(document.metadata, f"document {number}: metadata")
 
 
 def chunk_source(chunker: Any, source: str, documents: Sequence[Document]) -> list[Document]:
@@ -124,6 +153,7 @@ class DocumentWriter:
     # -- entries (the LangChain vector store) ------------------------------------------------------
     def upsert_entries(self, documents: Sequence[Document]) -> None:
         """Store each document (with its id) as one chunk, recorded under its metadata's ``source``."""
+        check_documents(documents)
         by_source: dict[str, list[str]] = {}
         for document in documents:
             source = document.metadata.get("source")

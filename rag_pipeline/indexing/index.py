@@ -22,7 +22,7 @@ from langchain_core.documents import Document
 from ..errors import ConfigError, DocumentError, IndexMismatchError, IndexNotFoundError
 from . import inventory
 from .cache import EmbeddingCache
-from .documents import DocumentWriter, chunk_source, copy_sources_from_code
+from .documents import DocumentWriter, check_documents, check_text, chunk_source, copy_sources_from_code
 from .generations import begin_reindex, finish_reindex, prepare_ingest
 from .inventory import SourceInfo
 from .record import RECORD_FILENAME, IndexRecord
@@ -319,6 +319,7 @@ class Index:
 
     # -- documents from code ---------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], source: str | None) -> IngestReport:
+        check_documents(documents, source)
         groups: dict[str, list[Document]] = {}
         for document in documents:
             name = source if source is not None else document.metadata.get("source")
@@ -339,6 +340,7 @@ class Index:
     def delete(self, *, source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> int:
         if (source is None) == (ids is None):
             raise DocumentError("delete: give either source=... or ids=...")
+        check_text(source if source is not None else list(ids), "source" if source is not None else "ids")
         with self.document_writes() as writer:
             if source is not None:
                 return writer.delete_sources([source] if isinstance(source, str) else list(source))
