@@ -6,7 +6,7 @@
     docs = pipe.as_retriever().invoke("what is a sourdough starter?")
 """
 
-from .config import PipelineConfig, load_config
+from .config import PipelineConfig, as_config, load_config
 from .errors import (
     ConfigError,
     DocumentError,
@@ -38,5 +38,6 @@ __all__ = [
     "PipelineConfig",
     "RagPipelineError",
     "__version__",
+    "as_config",
     "load_config",
 ]

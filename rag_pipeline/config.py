@@ -4,6 +4,10 @@ Each stage section (``loader``, ``chunker``, ...) is validated by the pydantic m
 ``type:`` names in the registry, so a misspelt key is reported with its dotted path
 (``chunker.chunk_sise: unknown key``) before any model is loaded or file is read.
 Relative paths resolve against the folder of the config file (or ``base_dir`` for a dict).
+
+:func:`as_config` is the one door for callers that may hold a path, a mapping or an already
+validated ``PipelineConfig`` (``Pipeline.from_config``, ``evaluate``, ``compare``): a validated
+config without overrides passes through untouched, so nothing is validated twice.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class IngestConfig(BaseModel):
 
 
 class _PipelineConfigBase(BaseModel):
-    """The whole validated pipeline config. Build it with :func:`load_config`.
+    """The whole validated pipeline config. Build it with :func:`as_config` (or :func:`load_config`).
 
     One field per stage kind (``registry.STAGE_KINDS``), each holding the config model its
     ``type:`` names, plus the settings below.
@@ -150,6 +154,25 @@ def load_config(
         apply_override(raw, dotted, value)
     _latest_result_count_wins(raw, overrides or {})
     return validate_config(raw, base.resolve())
+
+
+def as_config(
+    source: str | Path | Mapping[str, Any] | PipelineConfig,
+    overrides: Mapping[str, Any] | None = None,
+    base_dir: str | Path | None = None,
+) -> PipelineConfig:
+    """The one way to a validated config, from whatever a caller holds.
+
+    ``source`` is a YAML file path, a parsed mapping, or a ``PipelineConfig``. A ``PipelineConfig``
+    with no overrides is already valid and is returned as it is, validated no further; with
+    overrides it is validated anew from its resolved settings, relative paths against ``base_dir``
+    or else its own folder. A path or a mapping goes through :func:`load_config`.
+    """
+    if isinstance(source, PipelineConfig):
+        if not overrides:
+            return source
+        return load_config(source.to_dict(), overrides, base_dir if base_dir is not None else source.base_dir)
+    return load_config(source, overrides, base_dir)
 
 
 def _latest_result_count_wins(raw: dict[str, Any], overrides: Mapping[str, Any]) -> None:

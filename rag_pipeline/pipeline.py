@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from .config import PipelineConfig, load_config
+from .config import PipelineConfig, as_config
 from .errors import ConfigError
 from .indexing.index import Index
 from .indexing.inventory import SourceInfo
@@ -59,7 +59,7 @@ class Pipeline:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "Pipeline":
-        return cls(load_config(path, overrides))
+        return cls(as_config(path, overrides))
 
     @classmethod
     def from_config(
@@ -68,11 +68,7 @@ class Pipeline:
         overrides: Mapping[str, Any] | None = None,
         base_dir: str | Path | None = None,
     ) -> "Pipeline":
-        if isinstance(config, PipelineConfig):
-            if overrides:
-                return cls(load_config(config.to_dict(), overrides, base_dir or config.base_dir))
-            return cls(config)
-        return cls(load_config(config, overrides, base_dir))
+        return cls(as_config(config, overrides, base_dir))
 
     def stage(self, kind: str) -> Any:
         """The built stage of a kind (None for an optional kind the config leaves out), built once

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from rag_pipeline import ConfigError, PipelineConfig, load_config
-from rag_pipeline.config import parse_override
+from rag_pipeline.config import as_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -83,6 +83,29 @@ def test_resolved_config_round_trips(tmp_path):
     config = load_config(CONFIGS / "bge-small.yaml")
     again = load_config(config.to_dict(), base_dir=tmp_path)
     assert again.to_dict() == config.to_dict()
+
+
+def test_as_config_takes_a_path_a_mapping_or_a_validated_config(tmp_path, monkeypatch):
+    """One door to a validated config: a validated config with no overrides is not validated again;
+    with overrides it is validated anew and keeps the folder its relative paths resolved against."""
+    import rag_pipeline.config as config_module
+
+    from_path = as_config(CONFIGS / "bge-small.yaml", {"retriever.k": 2})
+    assert from_path.retriever.k == 2 and from_path.base_dir == CONFIGS.resolve()
+    from_mapping = as_config(_base(tmp_path), base_dir=tmp_path)
+    assert from_mapping.loader.path == tmp_path.resolve() and from_mapping.base_dir == tmp_path.resolve()
+
+    validations = []
+    real_validate = config_module.validate_config
+    monkeypatch.setattr(config_module, "validate_config", lambda *a: validations.append(a) or real_validate(*a))
+    assert as_config(from_path) is from_path and as_config(from_path, {}) is from_path
+    assert validations == []
+    changed = as_config(from_path, {"retriever.fetch_k": 7})
+    assert len(validations) == 1
+    assert (changed.retriever.fetch_k, changed.retriever.k, changed.base_dir) == (7, 2, from_path.base_dir)
+    assert from_path.retriever.fetch_k != 7  # the original is left as it was
+    with pytest.raises(ConfigError, match=r"^retriever\.k: Input should be greater than 0"):
+        as_config(from_path, {"retriever.k": 0})
 
 
 def test_yaml_is_read_with_safe_load_only(tmp_path):

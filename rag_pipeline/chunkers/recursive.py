@@ -15,6 +15,14 @@ def build_recursive_chunker(config: "RecursiveChunkerConfig", embeddings=None) -
     return RecursiveChunker(config)
 
 
+def overlap_problem(overlap: int, size: int) -> str | None:
+    """The overlap check's one wording, whether the size comes from the config (at validation) or
+    from the model's limit (the tokens chunker with ``chunk_size: null``, when the model is known)."""
+    if overlap >= size:
+        return f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})"
+    return None
+
+
 class _SizedChunkerConfig(StageConfig):
     chunk_size: int = Field(1000, gt=0)
     chunk_overlap: int = Field(100, ge=0)
@@ -27,8 +35,9 @@ class _SizedChunkerConfig(StageConfig):
         # first (absent here when it was itself invalid); it may be None for the tokens chunker:
         # the model's limit, checked when the model loads.
         size = info.data.get("chunk_size")
-        if size is not None and overlap >= size:
-            raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
+        problem = overlap_problem(overlap, size) if size is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return overlap
 
 

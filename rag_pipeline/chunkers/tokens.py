@@ -14,7 +14,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..registry import register
 from .base import Chunker, _start_indices
-from .recursive import _SizedChunkerConfig
+from .recursive import _SizedChunkerConfig, overlap_problem
 
 
 def build_token_chunker(config: "TokenChunkerConfig", embeddings=None) -> "TokenChunker":
@@ -48,8 +48,11 @@ class TokenChunker(Chunker):
                 f"chunker.chunk_size: {size} tokens is over the model's max_seq_length ({limit}); "
                 "the model would silently truncate every longer chunk"
             )
-        if self.config.chunk_overlap >= size:
-            raise ConfigError(f"chunker.chunk_overlap ({self.config.chunk_overlap}) must be smaller than {size}")
+        problem = overlap_problem(self.config.chunk_overlap, size)
+        if problem is not None:
+            # worded as config validation words it, with where a null chunk_size took its size from
+            where = "" if self.config.chunk_size is not None else " (chunk_size null: the model's max_seq_length)"
+            raise ConfigError(f"chunker.chunk_overlap: {problem}{where}")
         return size
 
     @property

@@ -202,7 +202,7 @@ class BgeEmbeddings(Embeddings):
             convert_to_numpy=True,
         ).astype(np.float32, copy=False)
         if self.config.normalize and self.precision.dtype in ("bfloat16", "float16"):
-            # Normalised in 16 bits the norms are off by up to ~0.5%; unit length again in fp32.
+            # Normalised in 16 bits, the norms keep 16-bit rounding error; unit length again in fp32.
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors
 

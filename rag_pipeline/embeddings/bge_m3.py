@@ -151,7 +151,8 @@ class BgeM3Embeddings(BgeEmbeddings):
         """The dense vectors (what the vector store holds). For an ingest batch, the other two
         outputs of the same pass are kept for :meth:`passage_outputs`, which the sparse index asks
         next; a larger call (a whole corpus at once: ``Pipeline.index_chunks``) asks the model for
-        dense vectors only, since its ColBERT vectors would not fit in memory (~1 KiB per token)."""
+        dense vectors only, since its ColBERT vectors (a float32 vector of the model's dimension per
+        token) would not fit in memory."""
         if len(texts) > KEEP_OUTPUTS_UP_TO:
             self._last = {}
             out = self.client.encode_corpus(

@@ -12,13 +12,16 @@
 """
 
 from .beir import BeirDataset, SubsetSpec, load_beir
-from .comparison import ComparisonResult, ComparisonRow, compare, parse_grid
+from .comparison import (
+    ComparisonPlan, ComparisonResult, ComparisonRow, compare, parse_grid, run_comparison, validate_grid,
+)
 from .metrics import METRICS, MetricReport, evaluate_run, recall_curve
 from .runner import EvalResult, eval_collection_name, evaluate
 
 __all__ = [
     "METRICS",
     "BeirDataset",
+    "ComparisonPlan",
     "ComparisonResult",
     "ComparisonRow",
     "EvalResult",
@@ -31,4 +34,6 @@ __all__ = [
     "load_beir",
     "parse_grid",
     "recall_curve",
+    "run_comparison",
+    "validate_grid",
 ]

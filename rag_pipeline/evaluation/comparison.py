@@ -8,8 +8,11 @@
 Why it is built this way:
   * Each combination runs :func:`evaluate` unchanged, so a row of the table is exactly what
     ``rag-pipeline eval --set ...`` prints for those overrides; the sweep adds no scoring of its own.
-  * Every combination's config is validated before the first run: a misspelt key or a value of
-    the wrong type fails at once, not after the first (possibly long) evaluation.
+  * Every combination's config is validated before the first run, and only then: a misspelt key
+    or a value of the wrong type fails at once, not after the first (possibly long) evaluation,
+    and each run is handed its validated config (:class:`ComparisonPlan`), not the text again.
+    The CLI validates before it reads the dataset (:func:`validate_grid`), then runs that plan
+    (:func:`run_comparison`).
   * Runs share what ``evaluate`` already shares between calls: the embedding cache (a passage is
     embedded once per model, whatever the chunker or search settings) and the evaluation
     collection (kept when the corpus chunks and the embedding setup are unchanged). Runs are ordered
@@ -19,7 +22,7 @@ Why it is built this way:
   * Runs also share a :class:`~.reuse.SweepMemo`: query vectors (per embedding setup and text) and
     each arm's ranked lists (per search setup), so a sweep of fusion settings (weights, method,
     normalisation, RRF k) embeds the queries and searches each arm once, and every later run only
-    re-fuses and scores: seconds instead of ~30 s a run on SciFact train.
+    re-fuses and scores.
   * The models of the previous combination are kept loaded while the next one starts (model handles
     are shared per process but held weakly, see ``models.loading``), so a sweep of search-time
     settings loads the embedder once.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from ..config import PipelineConfig, load_config, parse_override
+from ..config import PipelineConfig, as_config, parse_override
 from ..errors import ConfigError, RagPipelineError
 from ..pipeline import Pipeline
 from .beir import BeirDataset
@@ -291,14 +294,6 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _resolve(source: Any, overrides: Mapping[str, Any]) -> PipelineConfig:
-    if isinstance(source, Pipeline):
-        source = source.config
-    if isinstance(source, PipelineConfig):
-        return load_config(source.to_dict(), overrides, source.base_dir)
-    return load_config(source, overrides)
-
-
 def combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """The cartesian product, first key outermost: ``{a: [1, 2], b: [x, y]}`` -> a1bx, a1by, a2bx, a2by."""
     keys = list(grid)
@@ -338,6 +333,18 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], overrides: Mapping[str, Any])
     return checked
 
 
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """A sweep checked and validated, before any data is read: what :func:`run_comparison` runs."""
+
+    grid: dict[str, list[Any]]
+    combinations: list[dict[str, Any]]  # the cartesian product, grid order
+    configs: list[PipelineConfig]  # each combination's validated config, in the same order
+    base: PipelineConfig  # the config with the overrides and no grid value: what the result reports
+    metric: str
+    stage: str
+
+
 def validate_grid(
     config: str | Path | Mapping[str, Any] | PipelineConfig | Pipeline,
     grid: Mapping[str, Sequence[Any]],
@@ -345,11 +352,13 @@ def validate_grid(
     overrides: Mapping[str, Any] | None = None,
     metric: str = "ndcg@10",
     stage: str = "final",
-) -> list[PipelineConfig]:
-    """Every combination's validated config, in grid order; the first mistake as a one-line ``ConfigError``.
+) -> ComparisonPlan:
+    """Every combination's config validated once, in grid order; the first mistake as a one-line
+    ``ConfigError``.
 
-    Cheap (no model, no data): :func:`compare` calls it before its first run, the CLI before it
-    reads the dataset."""
+    Cheap (no model, no data): the CLI calls it before it reads the dataset, then hands the plan to
+    :func:`run_comparison`, so no combination is validated twice."""
+    source = config.config if isinstance(config, Pipeline) else config
     overrides = dict(overrides or {})
     grid = _check_grid(grid, overrides)
     try:
@@ -358,13 +367,17 @@ def validate_grid(
         raise ConfigError(f"--metric: {exc}") from None
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    combos = combinations(grid)
     configs = []
-    for combo in combinations(grid):
+    for combo in combos:
         try:
-            configs.append(_resolve(config, {**overrides, **combo}))
+            configs.append(as_config(source, {**overrides, **combo}))
         except ConfigError as exc:
             raise ConfigError(f"--grid {label_of(combo)}: {exc}") from None
-    return configs
+    return ComparisonPlan(
+        grid=grid, combinations=combos, configs=configs, base=as_config(source, overrides),
+        metric=metric, stage=stage,
+    )
 
 
 def compare(
@@ -386,27 +399,34 @@ def compare(
     Other keywords (``search``, ``depth``, ``show_progress``, ...) go to :func:`evaluate`.
     Every combination's config is validated before anything is run.
     """
-    overrides = dict(overrides or {})
-    grid = _check_grid(grid, overrides)
-    configs = validate_grid(config, grid, overrides=overrides, metric=metric, stage=stage)
-    metrics = tuple(METRICS) if metric in METRICS else (metric, *METRICS)
-    base = _resolve(config, overrides)
-    combos = combinations(grid)
+    plan = validate_grid(config, grid, overrides=overrides, metric=metric, stage=stage)
+    return run_comparison(plan, dataset, on_result=on_result, **evaluate_options)
 
+
+def run_comparison(
+    plan: ComparisonPlan,
+    dataset: BeirDataset,
+    *,
+    on_result: Callable[[int, int, ComparisonRow], None] | None = None,
+    **evaluate_options: Any,
+) -> ComparisonResult:
+    """Run a :func:`validate_grid` plan on ``dataset``: :func:`compare` after its validation."""
+    metrics = tuple(METRICS) if plan.metric in METRICS else (plan.metric, *METRICS)
+    combos = plan.combinations
     rows: list[ComparisonRow | None] = [None] * len(combos)
     first: EvalResult | None = None
     keep_loaded: Pipeline | None = None
     memo = SweepMemo()
-    for done, i in enumerate(_run_order(grid, combos), start=1):
+    for done, i in enumerate(_run_order(plan.grid, combos), start=1):
         started = time.perf_counter()
         # Load this combination's models while the previous one's are still referenced, so a model
         # both use is the same loaded handle rather than freed and loaded again.
-        warm = Pipeline.from_config(configs[i])
+        warm = Pipeline(plan.configs[i])
         warm.embeddings.warm_up()
         if warm.reranker is not None:
             warm.reranker.warm_up()
         keep_loaded = warm
-        result = evaluate(configs[i], dataset, metrics=metrics, reuse=memo, **evaluate_options)
+        result = evaluate(plan.configs[i], dataset, metrics=metrics, reuse=memo, **evaluate_options)
         first = first or result
         rows[i] = ComparisonRow(
             overrides=combos[i], metrics=result.metrics, timings=result.timings,
@@ -417,12 +437,12 @@ def compare(
     del keep_loaded
     evaluation = {k: v for k, v in first.config["evaluation"].items() if k != "rerank_depth"}
     return ComparisonResult(
-        grid=grid,
+        grid=plan.grid,
         rows=rows,
-        metric=metric,
-        stage=stage,
+        metric=plan.metric,
+        stage=plan.stage,
         dataset=first.dataset,
-        config=base.to_dict(),
+        config=plan.base.to_dict(),
         evaluation=evaluation,
         versions=environment(),
     )

@@ -2,9 +2,8 @@
 
 A sweep of search-time settings (``rag-pipeline compare --grid retriever.fusion.weights=...``)
 asks the same questions of the same index over and over. Only the fusion step (and the reranker)
-sees the swept setting, yet each run would embed every query again (~21 s for SciFact's 809 train
-queries on two CPU cores) and search every arm again. :class:`SweepMemo` wraps a run's arms so
-that
+sees the swept setting, yet each run would embed every query again and search every arm again.
+:class:`SweepMemo` wraps a run's arms so that
 
   * a query's vector is computed once per embedding setup: keyed by the embedder's
     ``cache_identity()`` (model identity, query instruction, ``max_seq_length``, dtype, ...) and the

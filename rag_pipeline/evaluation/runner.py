@@ -48,7 +48,7 @@ import numpy as np
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
-from ..config import PipelineConfig, load_config
+from ..config import PipelineConfig, as_config
 from ..errors import ConfigError, IndexMismatchError
 from ..indexing.report import IngestReport
 from ..pipeline import Pipeline
@@ -151,11 +151,8 @@ def eval_collection_name(collection: str, dataset: BeirDataset) -> str:
 
 
 def _as_config(source: Any, overrides: Mapping[str, Any] | None) -> PipelineConfig:
-    if isinstance(source, Pipeline):
-        source = source.config
-    if isinstance(source, PipelineConfig):
-        return load_config(source.to_dict(), overrides, source.base_dir) if overrides else source
-    return load_config(source, overrides)
+    """``config.as_config``, also for a built ``Pipeline`` (config.py cannot know that class)."""
+    return as_config(source.config if isinstance(source, Pipeline) else source, overrides)
 
 
 def evaluate(
@@ -190,7 +187,11 @@ def evaluate(
     if search not in ("exact", "ann"):
         raise ConfigError(f"--search must be exact or ann, got {search!r}")
     collection = eval_collection_name(base.vectorstore.collection, dataset)
-    pipe = Pipeline.from_config(base, overrides={"vectorstore.collection": collection, "retriever.search": search})
+    # The evaluation's own copy of the config: its collection and search mode, set on a copy (each
+    # assignment is validated) rather than validating the whole config again.
+    evaluated = base.model_copy(deep=True)
+    evaluated.vectorstore.collection, evaluated.retriever.search = collection, search
+    pipe = Pipeline(evaluated)
     if show_progress is not None:
         pipe.config.embeddings.show_progress = show_progress
     show_progress = pipe.config.embeddings.show_progress

@@ -1,35 +1,29 @@
 """``reranker.type: bge-reranker`` — a cross-encoder as a LangChain ``BaseDocumentCompressor``.
 
 A cross-encoder reads (query, passage) together and scores their relevance; it is slower than
-the bi-encoder and more accurate, so it reorders the dense retriever's top ``fetch_k`` (about 20)
-and keeps the best ``top_n`` (about 5). Scores go into ``metadata['rerank_score']``; the dense
-``score`` is kept beside it.
+the bi-encoder and more accurate, so it reorders the first stage's top ``retriever.fetch_k`` and
+keeps the best ``reranker.top_n`` (null: ``retriever.k``). Scores go into
+``metadata['rerank_score']``; the first stage's ``score`` is kept beside it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from ..stage_config import ModelReference, StageConfig
 from ..models import (
-    Precision,
-    PrecisionSetting,
-    ResolvedModel,
-    load_cross_encoder,
-    ReadsPrecisionAliases,
-    model_identity,
-    resolve_model,
-    resolve_precision,
+    Precision, PrecisionSetting, ReadsPrecisionAliases, ResolvedModel, load_cross_encoder, model_identity,
+    resolve_model, resolve_precision,
 )
 from ..registry import register
+from ..stage_config import ModelReference, StageConfig
 
 
 def build_bge_reranker(config: "BgeRerankerConfig") -> "BgeReranker":
-    return BgeReranker(**config.model_dump(exclude={"type"}))
+    return BgeReranker(config)
 
 
 @register("reranker", "bge-reranker", build_bge_reranker)
@@ -56,41 +50,64 @@ class BgeRerankerConfig(ReadsPrecisionAliases, StageConfig):
     )
 
 
+class BgeReranker(BaseDocumentCompressor):
+    """Rerank documents with a BGE cross-encoder (via sentence-transformers' ``CrossEncoder``).
 
-class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
-    """Rerank documents with a BGE cross-encoder (via sentence-transformers' ``CrossEncoder``)."""
+    Built from its config (``BgeReranker(config)``) or from the config's settings
+    (``BgeReranker(model=..., top_n=3)``); either way the settings live in ``self.config``, so each
+    is declared, defaulted and validated once, in :class:`BgeRerankerConfig`.
+    """
 
-    precision_section = "reranker"
+    model_config = ConfigDict(protected_namespaces=())
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
-
-    model: str
-    top_n: int | None = 5
-    max_length: int = 512
-    batch_size: int = 32
-    normalize: bool = False
-    device: str = "auto"
-    precision: PrecisionSetting = "auto"
-    trust_remote_code: bool = False
-    blend: float = 0.0
+    config: BgeRerankerConfig
     # A holder rather than the model itself: copies made with model_copy(update={"top_n": ...})
     # share it, so they resolve and hash the model once; the loader shares the model itself with
-    # every other reranker on the same files in this process. Entries are keyed by the fields they
+    # every other reranker on the same files in this process. Entries are keyed by the settings they
     # depend on, so a copy with another model or max_length does not reuse the original's.
     _loaded: dict[tuple, Any] = PrivateAttr(default_factory=dict)
 
+    def __init__(self, config: BgeRerankerConfig | None = None, **settings: Any):
+        if config is not None and settings:
+            raise TypeError("BgeReranker takes a config or its settings, not both")
+        super().__init__(config=config if config is not None else BgeRerankerConfig(**settings))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "BgeReranker":
+        """A copy with some settings changed (``update={"top_n": 1}``), validated as the config
+        validates them; it shares the loaded-model holder (see ``_loaded``)."""
+        update = dict(update or {})
+        settings = {name: update.pop(name) for name in list(update) if name in BgeRerankerConfig.model_fields}
+        copied = super().model_copy(update=update, deep=deep)
+        if settings:
+            copied.config = BgeRerankerConfig.model_validate({**self.config.model_dump(), **settings})
+        return copied
+
+    # -- the settings the rest of the package reads off the stage -----------------------------------
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def top_n(self) -> int | None:
+        """Documents :meth:`compress_documents` keeps (null: all; the retriever then cuts at ``k``)."""
+        return self.config.top_n
+
+    @property
+    def precision(self) -> PrecisionSetting:
+        """The configured precision (``auto``, ``fp32``, ...); :attr:`resolved_precision` is what it becomes."""
+        return self.config.precision
 
     @property
     def resolved(self) -> ResolvedModel:
-        key = ("resolved", self.model)
+        key = ("resolved", self.config.model)
         if key not in self._loaded:
-            self._loaded[key] = resolve_model(self.model, what="reranker.model")
+            self._loaded[key] = resolve_model(self.config.model, what="reranker.model")
         return self._loaded[key]
 
     @property
     def identity(self) -> str:
         """The model's files, not its folder's name: ``ORG/NAME@commit`` or ``sha256:…``."""
-        key = ("identity", self.model)
+        key = ("identity", self.config.model)
         if key not in self._loaded:
             self._loaded[key] = model_identity(self.resolved)
         return self._loaded[key]
@@ -98,18 +115,19 @@ class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
     @property
     def resolved_precision(self) -> Precision:
         """What ``precision`` becomes on this machine (``auto`` decided, fallbacks applied)."""
-        return resolve_precision(self.device, self.precision, "reranker")
+        return resolve_precision(self.config.device, self.config.precision, "reranker")
 
     @property
     def cross_encoder(self):
-        key = ("model", self.model, self.device, self.precision, self.max_length, self.trust_remote_code)
+        settings = self.config
+        key = ("model", settings.model, settings.device, settings.precision, settings.max_length, settings.trust_remote_code)
         if key not in self._loaded:
             self._loaded[key] = load_cross_encoder(
                 self.resolved,
                 self.resolved_precision,
                 identity=self.identity,
-                max_length=self.max_length,
-                trust_remote_code=self.trust_remote_code,
+                max_length=settings.max_length,
+                trust_remote_code=settings.trust_remote_code,
             )
         return self._loaded[key]
 
@@ -124,10 +142,10 @@ class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
             return []
         import torch
 
-        activation = torch.nn.Sigmoid() if self.normalize else torch.nn.Identity()
+        activation = torch.nn.Sigmoid() if self.config.normalize else torch.nn.Identity()
         scores = self.cross_encoder.predict(
             [(query, passage) for passage in passages],
-            batch_size=self.batch_size,
+            batch_size=self.config.batch_size,
             activation_fn=activation,
             show_progress_bar=False,
             convert_to_numpy=True,
@@ -138,8 +156,8 @@ class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
         """All ``documents``, best first by the cross-encoder, each with ``metadata['rerank_score']``
         beside the first stage's ``score`` (ties keep the first stage's order)."""
         scores = self.score(query, [d.page_content for d in documents])
-        if self.blend > 0:
-            scores = blend_scores([float(d.metadata.get("score", 0.0)) for d in documents], scores, self.blend)
+        if self.config.blend > 0:
+            scores = blend_scores([float(d.metadata.get("score", 0.0)) for d in documents], scores, self.config.blend)
         ranked = sorted(zip(documents, scores), key=lambda pair: pair[1], reverse=True)
         return [
             Document(page_content=d.page_content, metadata={**d.metadata, "rerank_score": s}, id=d.id)
@@ -151,7 +169,7 @@ class BgeReranker(ReadsPrecisionAliases, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """LangChain's compressor interface (``ContextualCompressionRetriever``): the best ``top_n``."""
         ranked = self.rank(query, documents)
-        return ranked[: self.top_n] if self.top_n is not None else ranked
+        return ranked[: self.config.top_n] if self.config.top_n is not None else ranked
 
 
 def blend_scores(first_stage: Sequence[float], reranked: Sequence[float], weight: float) -> list[float]:

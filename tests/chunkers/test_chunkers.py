@@ -69,3 +69,15 @@ def test_token_chunk_size_over_the_model_limit_is_refused(tiny_embeddings):
     chunker = TokenChunker(TokenChunkerConfig(chunk_size=512, chunk_overlap=16), tiny_embeddings)
     with pytest.raises(ConfigError, match=r"chunker.chunk_size: 512 tokens is over the model's max_seq_length \(128\)"):
         chunker.split_documents([_doc(LONG)])
+
+
+def test_an_overlap_over_the_models_limit_is_worded_as_config_validation_words_it(tiny_embeddings):
+    """The same check, the same type and wording, whether the size is written (validation) or the
+    model's limit (``chunk_size: null``, checked once the tokenizer is known)."""
+    chunker = TokenChunker(TokenChunkerConfig(chunk_overlap=200), tiny_embeddings)
+    with pytest.raises(ConfigError) as caught:
+        chunker.split_documents([_doc(LONG)])
+    assert str(caught.value) == (
+        "chunker.chunk_overlap: chunk_overlap (200) must be smaller than chunk_size (128)"
+        " (chunk_size null: the model's max_seq_length)"
+    )

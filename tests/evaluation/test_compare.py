@@ -11,10 +11,12 @@ import yaml
 
 from conftest import pipeline_config
 from eval_helpers import write_beir
-from rag_pipeline import Pipeline
+from rag_pipeline import Pipeline, PipelineConfig
 from rag_pipeline.cli import main
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.evaluation import ComparisonResult, ComparisonRow, compare, evaluate, load_beir, parse_grid
+from rag_pipeline.evaluation import (
+    ComparisonResult, ComparisonRow, compare, evaluate, load_beir, parse_grid, run_comparison, validate_grid,
+)
 from rag_pipeline.evaluation.comparison import combinations, label_of
 
 # The package exports the function compare, which shadows the module of the same name as an attribute.
@@ -129,6 +131,54 @@ def test_a_bad_combination_fails_before_anything_runs(config, dataset, no_evalua
 def test_an_unknown_metric_fails_before_anything_runs(config, dataset, no_evaluation):
     with pytest.raises(ConfigError, match=r"^--metric: unknown metric 'ndcg10'"):
         compare(config, dataset, {"retriever.k": [3]}, metric="ndcg10")
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """The collection of every config validated (``config.validate_config``, where every way to a
+    validated config ends), split by whether an evaluation was running; and the configs evaluate got."""
+    config_module = sys.modules["rag_pipeline.config"]
+    real_validate, real_evaluate = config_module.validate_config, compare_module.evaluate
+    seen = {"outside": [], "inside": [], "evaluated": []}
+    running = []
+
+    def counting_validate(raw, base_dir):
+        validated = real_validate(raw, base_dir)
+        seen["inside" if running else "outside"].append(validated.vectorstore.collection)
+        return validated
+
+    def recording_evaluate(row_config, *args, **kwargs):
+        seen["evaluated"].append(row_config)
+        running.append(row_config)
+        try:
+            return real_evaluate(row_config, *args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(config_module, "validate_config", counting_validate)
+    monkeypatch.setattr(compare_module, "evaluate", recording_evaluate)
+    return seen
+
+
+def test_each_combination_is_validated_once(config, dataset, validations):
+    """One validation per combination, plus one of the base config the result reports; the run gets
+    that validated config and validates it no further (evaluate sets its collection and search mode
+    on a copy, field by field)."""
+    result = compare(config, dataset, {"retriever.fetch_k": [10, 20]}, show_progress=False)
+    assert validations["outside"] == ["test"] * (len(result.rows) + 1)
+    assert [c.retriever.fetch_k for c in validations["evaluated"]] == [10, 20]
+    assert all(isinstance(c, PipelineConfig) for c in validations["evaluated"])
+    assert validations["inside"] == []
+
+
+def test_a_plan_validated_first_is_run_without_validating_again(config, dataset, validations):
+    """The CLI's order: validate before reading the dataset, then run that plan."""
+    plan = validate_grid(config, {"retriever.fetch_k": [10, 20]})
+    assert len(validations["outside"]) == 3 and plan.configs[0].retriever.fetch_k == 10
+    result = run_comparison(plan, dataset, show_progress=False)
+    assert len(validations["outside"]) == 3  # nothing more outside the runs
+    assert validations["evaluated"] == plan.configs  # the very objects validated above
+    assert result.config == plan.base.to_dict() and [row.overrides for row in result.rows] == plan.combinations
 
 
 # -- caching ---------------------------------------------------------------------------------------

@@ -92,3 +92,28 @@ def test_blend_is_a_config_key_between_0_and_1():
     assert BgeRerankerConfig().blend == 0.0
     with pytest.raises(Exception, match="blend"):
         BgeRerankerConfig(blend=1.5)
+
+
+def test_the_reranker_keeps_its_config_and_its_defaults(tiny_reranker_dir, tmp_path):
+    """Each setting is declared once, on the config: the stage a pipeline builds holds the section
+    itself, and one made from settings has the config's defaults (``top_n`` null: every document)."""
+    from conftest import pipeline_config
+    from rag_pipeline import Pipeline
+    from rag_pipeline.rerankers import BgeRerankerConfig
+
+    config = pipeline_config(tmp_path, None, "unused", reranker={"type": "bge-reranker", "model": str(tiny_reranker_dir)})
+    pipe = Pipeline.from_config(config)
+    assert pipe.reranker.config is pipe.config.reranker
+    from_settings = BgeReranker(model=str(tiny_reranker_dir))
+    assert from_settings.config == BgeRerankerConfig(model=str(tiny_reranker_dir))
+    assert from_settings.top_n is None
+
+
+def test_a_copys_settings_are_validated_and_top_n_null_keeps_every_document(reranker):
+    from pydantic import ValidationError
+
+    documents = [Document(page_content=p, id=str(i)) for i, p in enumerate(PASSAGES)]
+    assert len(reranker.compress_documents(documents, "bees")) == 3
+    assert len(reranker.model_copy(update={"top_n": None}).compress_documents(documents, "bees")) == len(PASSAGES)
+    with pytest.raises(ValidationError, match="blend"):
+        reranker.model_copy(update={"blend": 1.5})
