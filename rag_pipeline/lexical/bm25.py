@@ -41,7 +41,7 @@ from langchain_core.documents import Document
 from pydantic import Field, field_validator
 
 from ..contracts import with_score
-from ..metadata import matches  # the where-filter semantics every non-Chroma index shares
+from ..metadata import matches, read_stored_metadata, stored_metadata_json  # one form and meaning in every index
 from ..registry import register
 from ..stage_config import StageConfig
 
@@ -145,7 +145,7 @@ class _TextStore:
             c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
 
     def upsert(self, chunks: Sequence[Document]) -> None:
-        rows = [(c.id, c.page_content, json.dumps(c.metadata, sort_keys=True, default=str)) for c in chunks]
+        rows = [(c.id, c.page_content, stored_metadata_json(c.metadata)) for c in chunks]
         self._write("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", rows)
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -183,7 +183,7 @@ class _TextStore:
                 marks = ",".join("?" * len(part))
                 query = f"SELECT id, {'text' if with_text else 'NULL'}, metadata FROM chunks WHERE id IN ({marks})"
                 for chunk_id, text, metadata in self._connection.execute(query, part):
-                    found[chunk_id] = Document(page_content=text or "", metadata=json.loads(metadata), id=chunk_id)
+                    found[chunk_id] = Document(page_content=text or "", metadata=read_stored_metadata(metadata), id=chunk_id)
         return found
 
 
@@ -314,7 +314,7 @@ class BM25Index:
             return set()
         if where is None:
             return {row[0] for row in store.rows()}
-        return {i for i, metadata in store.rows("id, metadata") if matches(json.loads(metadata), where)}
+        return {i for i, metadata in store.rows("id, metadata") if matches(read_stored_metadata(metadata), where)}
 
     def documents(self, ids: Sequence[str]) -> list[Document]:
         store = self._store()
@@ -329,9 +329,11 @@ class BM25Index:
     def search_batch_text(
         self, queries: Sequence[str], k: int, where: Any = None, *, with_text: bool = True
     ) -> list[list[Document]]:
-        """Top-``k`` chunks per query by BM25, best first, ``metadata['score']`` set. Only chunks
-        that share a term with the query are hits (a score of 0 is no match, not a weak one);
-        ties are broken by id, descending, as trec_eval breaks them."""
+        """Top-``k`` chunks per query by BM25, best first, ``metadata['score']`` set. The hits are
+        the chunks that hold a term of the query, whatever their score: ``method: robertson`` gives
+        a term found in more than half the chunks no positive weight (its idf is negative; bm25s
+        floors it at 0), and such a chunk is still a match; ``bm25l`` / ``bm25+`` give every chunk
+        a score, and one that holds no term is still no match. Ties are broken by id, descending, as trec_eval breaks them."""
         return self._search(queries, k, where, with_text, self.tokenize, _bm25_scores)
 
     def _search(
@@ -344,8 +346,9 @@ class BM25Index:
         score: Callable[[Any, Any], Any],
     ) -> list[list[Document]]:
         """The search every lexical index of this kind runs: ``encode`` turns the queries into what
-        ``score(model, encoded)`` scores against every chunk (None: no term matches); chunks outside
-        ``where`` score 0, and only positive scores are hits."""
+        ``score(model, encoded)`` scores against every chunk, as ``(scores, matched)`` with
+        ``matched`` the chunks that are hits (None: no chunk is); chunks outside ``where`` are no
+        hits."""
         self.refresh_if_changed()
         store = self._store()
         if store is None:
@@ -356,14 +359,14 @@ class BM25Index:
         mask = self._mask(built, store, where) if where is not None else None
         hits: list[list[tuple[str, float]]] = []
         for encoded in encode(queries):
-            scores = score(built.model, encoded)
-            if scores is None:
+            scored = score(built.model, encoded)
+            if scored is None:
                 hits.append([])
                 continue
-            scores = np.asarray(scores, dtype=np.float64)
+            scores, matched = np.asarray(scored[0], dtype=np.float64), np.asarray(scored[1], dtype=bool)
             if mask is not None:
-                scores = np.where(mask, scores, 0.0)
-            hits.append(_top(scores, built.ids, k))
+                matched = matched & mask
+            hits.append(_top(scores, np.flatnonzero(matched), built.ids, k))
         found = store.documents([i for row in hits for i, _ in row], with_text=with_text)
         return [
             [with_score(found[i], score) for i, score in row if i in found]  # (a chunk deleted meanwhile is skipped)
@@ -447,17 +450,31 @@ class BM25Index:
         return self._mask_cache[cache_key]
 
 
-def _bm25_scores(model: Any, tokens: list[str]) -> Any:
+def _bm25_scores(model: Any, tokens: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every chunk's BM25 score for the query, and which chunks hold one of its terms."""
     token_ids = model.get_tokens_ids(tokens)
-    return model.get_scores_from_ids(token_ids) if token_ids else None
+    if not token_ids:
+        return None
+    return model.get_scores_from_ids(token_ids), _holding(model, token_ids)
 
 
-def _top(scores: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:
-    """The ``k`` best positive scores; every chunk tied with the k-th is considered, so the cut is
-    the same whatever order the matrix rows are in."""
-    positive = np.flatnonzero(scores > 0)
-    if len(positive) > k:
-        kth = np.partition(scores[positive], len(positive) - k)[len(positive) - k]
-        positive = positive[scores[positive] >= kth]
-    order = sorted(positive, key=lambda j: (float(scores[j]), ids[j]), reverse=True)[:k]
+def _holding(model: Any, token_ids: list[int]) -> np.ndarray:
+    """Which chunks hold at least one of ``token_ids``: the rows bm25s keeps for each term (its
+    score matrix has one column per term, with an entry for every chunk that holds it, whatever
+    the entry's value)."""
+    indptr, indices = model.scores["indptr"], model.scores["indices"]
+    holding = np.zeros(model.scores["num_docs"], dtype=bool)
+    for token in set(token_ids):
+        holding[indices[indptr[token] : indptr[token + 1]]] = True
+    return holding
+
+
+def _top(scores: np.ndarray, candidates: np.ndarray, ids: list[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` best scores among ``candidates`` (row numbers), negative ones included; every
+    chunk tied with the k-th is considered, so the cut is the same whatever order the matrix rows
+    are in."""
+    if len(candidates) > k:
+        kth = np.partition(scores[candidates], len(candidates) - k)[len(candidates) - k]
+        candidates = candidates[scores[candidates] >= kth]
+    order = sorted(candidates, key=lambda j: (float(scores[j]), ids[j]), reverse=True)[:k]
     return [(ids[j], float(scores[j])) for j in order]

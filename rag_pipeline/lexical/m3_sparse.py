@@ -25,7 +25,6 @@ chunk (1024-d bge-m3: 2 KiB per token, ~0.5 MiB for a 256-token chunk).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -34,6 +33,7 @@ import scipy.sparse
 from langchain_core.documents import Document
 
 from ..errors import ConfigError
+from ..metadata import stored_metadata_json
 from ..registry import register
 from ..stage_config import StageConfig
 from .bm25 import BM25Index, _Built, _TextStore
@@ -77,7 +77,7 @@ class _M3Store(_TextStore):
     def upsert_outputs(
         self, chunks: Sequence[Document], sparse: Sequence[dict[int, float]], colbert: Sequence[np.ndarray]
     ) -> None:
-        chunk_rows = [(c.id, c.page_content, _metadata_json(c)) for c in chunks]
+        chunk_rows = [(c.id, c.page_content, stored_metadata_json(c.metadata)) for c in chunks]
         m3_rows = []
         for chunk, weights, vectors in zip(chunks, sparse, colbert):
             tokens = np.fromiter(weights.keys(), dtype=np.int32, count=len(weights))
@@ -123,10 +123,6 @@ class _M3Store(_TextStore):
                 for chunk_id, blob, dimension in self._connection.execute(query, part):
                     found[chunk_id] = np.frombuffer(blob, dtype=np.float16).reshape(-1, dimension)
         return found
-
-
-def _metadata_json(chunk: Document) -> str:
-    return json.dumps(chunk.metadata, sort_keys=True, default=str)
 
 
 class M3SparseIndex(BM25Index):
@@ -177,7 +173,7 @@ class M3SparseIndex(BM25Index):
         self, queries: Sequence[dict[int, float]], k: int, where: Any = None, *, with_text: bool = True
     ) -> list[list[Document]]:
         """As :meth:`search_batch_text`, for queries already encoded (token id -> weight)."""
-        return self._search(queries, k, where, with_text, list, lambda model, weights: model @ _query_vector(weights, model.shape[1]))
+        return self._search(queries, k, where, with_text, list, _sparse_scores)
 
     def sparse_scores(self, weights: dict[int, float], ids: Sequence[str]) -> np.ndarray:
         """The lexical matching score of one query with each of ``ids`` (0 for a chunk not held)."""
@@ -222,6 +218,13 @@ class M3SparseIndex(BM25Index):
     @staticmethod
     def _save(built: _Built, parent: Path) -> None:
         return None
+
+
+def _sparse_scores(model: Any, weights: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Every chunk's lexical matching score, and the hits: BGE-M3's weights are never negative,
+    so a chunk matches when it shares a weighted token, which is when its score is above 0."""
+    scores = np.asarray(model @ _query_vector(weights, model.shape[1]), dtype=np.float64)
+    return scores, scores > 0
 
 
 def _query_vector(weights: dict[int, float], width: int) -> np.ndarray:

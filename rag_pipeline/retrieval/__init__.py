@@ -9,6 +9,7 @@
 contracts (:mod:`rag_pipeline.contracts`), never to a concrete store or model.
 """
 
+from ..metadata import SCORE_KEYS
 from .first_stage import DenseArm, LexicalArm
 from .fusion import convex, fuse_single, reciprocal_rank
 from .path import RetrievalPath
@@ -16,5 +17,5 @@ from .retriever import DenseRetrieverConfig, HybridRetrieverConfig, PipelineRetr
 
 __all__ = [
     "DenseArm", "DenseRetrieverConfig", "HybridRetrieverConfig", "LexicalArm", "PipelineRetriever",
-    "RetrievalPath", "convex", "fuse_single", "reciprocal_rank",
+    "RetrievalPath", "SCORE_KEYS", "convex", "fuse_single", "reciprocal_rank",
 ]

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..lexical.m3_sparse import M3SparseIndex, colbert_scores
 from ..registry import register
 from ..stage_config import StageConfig
-from .first_stage import DenseArm
+from .first_stage import DenseArm, rescored
 from .path import RetrievalPath
 from .retriever import PipelineRetriever, _result_count
 
@@ -48,7 +48,7 @@ class SparseArm:
         self, queries: Sequence[str], k: int, *, encoded: Any = None, with_text: bool = True
     ) -> list[list[Document]]:
         outputs = self.encode(queries) if encoded is None else encoded
-        return self.index.search_weights(outputs.sparse, k, self.where, with_text=with_text)
+        return rescored(self.index.search_weights(outputs.sparse, k, self.where, with_text=with_text))
 
     def size(self) -> int:
         return len(self.index.ids(self.where)) if self.where else self.index.count()

@@ -31,7 +31,7 @@ from langchain_core.documents import Document
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, first_line
-from ..metadata import safe_metadata
+from ..metadata import chroma_where, stored_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
 from .shared import batches, fingerprint_mismatch, fingerprint_text
@@ -141,6 +141,7 @@ class ChromaStore:
         self.change_token: Callable[[], Any] | None = None
         self._token: Any = None
         self._writing = 0
+        self._writes = 0  # this store's own writes, which change no token (see content_version)
         self._client = None
         self._raw_client = None
         self._collection = None
@@ -166,6 +167,7 @@ class ChromaStore:
 
     def use_collection(self, name: str) -> None:
         """Serve another physical collection from now on (after a reindex switched to it)."""
+        self._writes += 1
         self._collection_name = name
         self._collection = None
         self._vectorstore = None
@@ -344,7 +346,7 @@ class ChromaStore:
         for start in range(0, len(chunks), self.max_batch_size):
             part = chunks[start : start + self.max_batch_size]
             ids = [c.id for c in part]
-            metadatas = [_chroma_metadata(c.metadata) for c in part]
+            metadatas = [stored_metadata(c.metadata) for c in part]
             # Chroma's upsert merges into a held record's metadata, so a key the chunk no longer
             # has (an HTML title removed) would survive; None tells Chroma to remove it.
             held = self.collection.get(ids=ids, include=["metadatas"])
@@ -357,10 +359,12 @@ class ChromaStore:
                 documents=[c.page_content for c in part],
                 metadatas=[m or None for m in metadatas],  # Chroma refuses {} (a document from code may have none)
             )
+            self._writes += 1
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in batches(list(ids), self.max_batch_size):
             self.collection.delete(ids=list(batch))
+        self._writes += 1
 
     def ids(self, where: dict[str, Any] | None = None) -> set[str]:
         """Every chunk id in the collection, or those whose metadata match ``where`` (read in pages)."""
@@ -368,7 +372,7 @@ class ChromaStore:
         page = int(self.client.get_max_batch_size())
         offset = 0
         while True:
-            ids = self._read(lambda c: c.get(where=where, include=[], limit=page, offset=offset))["ids"]
+            ids = self._read(lambda c: c.get(where=chroma_where(where), include=[], limit=page, offset=offset))["ids"]
             found.update(ids)
             if len(ids) < page:
                 return found
@@ -378,9 +382,23 @@ class ChromaStore:
         """Delete a physical collection (a retired or half-built one); no error when it is gone."""
         if self.exists_named(name):
             self.client.delete_collection(name)
+            self._writes += 1
 
     def count(self) -> int:
         return self.collection.count()
+
+    def content_version(self) -> Any:
+        """Something that changes whenever the served collection's chunks may have changed, cheap
+        to ask before every query: what a reader that keeps a copy (exact search's snapshot)
+        compares to know whether it is still current. It changes with this store's own writes,
+        with another process's commit (``change_token``) and with a reindex that switched the
+        collection. A server's writers may leave no trace on this machine, so there the count is
+        asked too (a write that keeps the count, replacing chunks in place, is seen only through
+        the token)."""
+        token = self.change_token() if self.change_token is not None else None
+        self.refresh_if_changed()
+        count = self._read(lambda c: c.count()) if self.on_server else None
+        return (self.collection_name, self._writes, token, count)
 
     # -- reads -----------------------------------------------------------------------------------
     @contextmanager
@@ -491,7 +509,7 @@ class ChromaStore:
 
         try:
             result = self._read(
-                lambda c: c.query(query_embeddings=queries, n_results=k, where=where or None, include=include)
+                lambda c: c.query(query_embeddings=queries, n_results=k, where=chroma_where(where) or None, include=include)
             )
         except (ValueError, TypeError, InvalidArgumentError) as exc:  # what chromadb raises for a bad filter
             if not where:
@@ -587,13 +605,3 @@ def _collection_space(collection) -> str | None:
             space = (configuration.get("hnsw") or {}).get("space")
     return space
 
-
-def _chroma_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Chroma accepts str/int/float/bool values only and rejects None."""
-    metadata = safe_metadata(metadata)[0]  # chunks not from the loader (index_chunks): a refused key must not abort
-    clean = {}
-    for key, value in metadata.items():
-        if value is None:
-            continue
-        clean[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
-    return clean

@@ -41,7 +41,7 @@ from langchain_core.documents import Document
 from pydantic import Field
 
 from ..errors import ConfigError, IndexMismatchError, first_line
-from ..metadata import matches, safe_metadata
+from ..metadata import matches, read_stored_metadata, stored_metadata_json
 from ..registry import register
 from ..stage_config import ConfigPath, StageConfig
 from .shared import batches, fingerprint_mismatch, fingerprint_text
@@ -205,6 +205,7 @@ class FaissStore:
         self.change_token: Callable[[], Any] | None = None
         self._token: Any = None
         self._writing = 0
+        self._writes = 0  # this store's own writes and collection switches (see content_version)
         self._tables: dict[str, _ChunkTable] = {}
         self._index = None  # the served collection's FAISS index, in step with _index_version
         self._index_version = -1
@@ -221,6 +222,7 @@ class FaissStore:
 
     def use_collection(self, name: str) -> None:
         if name != self._collection_name:
+            self._writes += 1
             self._collection_name = name
             self._index, self._index_version, self._checked = None, -1, False
 
@@ -265,6 +267,7 @@ class FaissStore:
         return name in self.collection_names()
 
     def drop_collection(self, name: str) -> None:
+        self._writes += 1  # a table made again later starts its version again
         table = self._tables.pop(name, None)
         if table is not None:
             table.close()
@@ -461,10 +464,11 @@ class FaissStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         index = self._current_index(table, for_writing=True) if table.count() else None
         rows = [
-            (c.id, c.page_content, json.dumps(safe_metadata(c.metadata)[0], sort_keys=True, default=str), v.tobytes())
+            (c.id, c.page_content, stored_metadata_json(c.metadata), v.tobytes())
             for c, v in zip(chunks, vectors)
         ]
         replaced, new_ids = table.upsert(rows)
+        self._writes += 1
         if index is None:
             self._rebuild(table)
             return
@@ -478,6 +482,7 @@ class FaissStore:
             return
         index = self._current_index(table, for_writing=True)
         removed = table.delete(list(ids))
+        self._writes += 1
         if index is not None:
             self._remove_from_index(index, removed)
             self._index_version = table.version()
@@ -508,6 +513,14 @@ class FaissStore:
         table = self._table()
         return table.count() if table is not None else 0
 
+    def content_version(self) -> Any:
+        """Something that changes whenever the served collection's chunks may have changed (see
+        :meth:`ChromaStore.content_version`): the table's version, which every write bumps in one
+        transaction with it and every process reads as it is now, and the collection served."""
+        self.refresh_if_changed()
+        table = self._table()
+        return (self.collection_name, self._writes, table.version() if table is not None else None)
+
     def ids(self, where: dict[str, Any] | None = None) -> set[str]:
         self.refresh_if_changed()
         table = self._table()
@@ -515,7 +528,7 @@ class FaissStore:
             return set()
         if not where:
             return {r[0] for r in table.rows("id")}
-        return {i for i, metadata in table.rows("id, metadata") if matches(json.loads(metadata), where)}
+        return {i for i, metadata in table.rows("id, metadata") if matches(read_stored_metadata(metadata), where)}
 
     def stored_fingerprint(self) -> dict[str, Any] | None:
         """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
@@ -528,7 +541,7 @@ class FaissStore:
         model check (``reindex`` copies the texts added from code out of the collection it replaces)."""
         table = self._table(name=collection)
         found = {
-            i: Document(page_content=text, metadata=json.loads(metadata), id=i)
+            i: Document(page_content=text, metadata=read_stored_metadata(metadata), id=i)
             for i, text, metadata in (table.rows("id, text, metadata", ids) if table is not None else [])
         }
         return [found[i] for i in ids if i in found]
@@ -536,7 +549,7 @@ class FaissStore:
     def documents(self, ids: Sequence[str]) -> list[Document]:
         table = self._table()
         found = {
-            i: Document(page_content=text, metadata=json.loads(metadata), id=i)
+            i: Document(page_content=text, metadata=read_stored_metadata(metadata), id=i)
             for i, text, metadata in (table.rows("id, text, metadata", ids) if table is not None else [])
         }
         return [found[i] for i in ids]
@@ -600,7 +613,7 @@ class FaissStore:
                 if faiss_id < 0 or int(faiss_id) not in rows:
                     continue  # no hit, or a chunk removed since the index was saved
                 chunk_id, text, metadata = rows[int(faiss_id)]
-                hits.append(Document(page_content=text or "", metadata={**json.loads(metadata), "score": float(score)}, id=chunk_id))
+                hits.append(Document(page_content=text or "", metadata={**read_stored_metadata(metadata), "score": float(score)}, id=chunk_id))
                 if len(hits) == k:
                     break
             batches.append(hits)
