@@ -44,6 +44,14 @@ class DocumentError(RagPipelineError):
     that a folder file holds)."""
 
 
+def positive_count(value: object, name: str) -> int:
+    """``value`` as a count (results, queries, documents, bytes), or the one error every such check
+    raises: a ``ConfigError`` naming ``name`` as the user wrote it (``--k``, ``retriever.k``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive whole number, got {value!r}")
+    return value
+
+
 def first_line(exc: BaseException, limit: int | None = 160) -> str:
     """An exception's first line, cut to ``limit``, or its type name when it has no message.
 

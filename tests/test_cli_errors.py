@@ -40,7 +40,7 @@ def test_k_must_be_positive_and_the_message_names_the_flag(config_file, capsys, 
     assert main(["ingest", str(config_file), "-q"]) == 0
     capsys.readouterr()
     assert main(["query", str(config_file), "bees", "--k", k, "-q"]) == 2
-    assert _error_line(capsys) == f"error: --k: must be a positive number of results, got {int(k)}"
+    assert _error_line(capsys) == f"error: --k: must be a positive whole number, got {int(k)}"
     assert main(["query", str(config_file), "bees", "-q", "--set", f"retriever.k={k}"]) == 2
     assert _error_line(capsys).startswith("error: retriever.k: Input should be greater than 0")
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from langchain_core.documents import Document
 
-from ..errors import ConfigError
+from ..errors import ConfigError, positive_count
 from ..jsonl import read_json_objects
 from .metrics import queries_without_relevant
 
@@ -92,8 +92,7 @@ class BeirDataset:
 
         A smaller corpus makes retrieval easier, so scores are higher than on the full corpus.
         """
-        if max_queries <= 0:
-            raise ConfigError(f"--max-queries must be positive, got {max_queries}")
+        positive_count(max_queries, "--max-queries")
         if distractors < 0:
             raise ConfigError(f"--distractors must be zero or more, got {distractors}")
         query_ids = list(self.queries)[:max_queries]

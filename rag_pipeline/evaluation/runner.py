@@ -49,7 +49,7 @@ from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from ..config import PipelineConfig, as_config
-from ..errors import ConfigError, IndexMismatchError
+from ..errors import ConfigError, IndexMismatchError, positive_count
 from ..indexing.report import IngestReport
 from ..pipeline import Pipeline
 from ..retrieval.path import document_key
@@ -182,8 +182,7 @@ def evaluate(
     """
     started = time.perf_counter()
     base = _as_config(config, overrides)
-    if depth <= 0:
-        raise ConfigError(f"evaluation depth must be positive, got {depth}")
+    positive_count(depth, "depth")
     if search not in ("exact", "ann"):
         raise ConfigError(f"--search must be exact or ann, got {search!r}")
     collection = eval_collection_name(base.vectorstore.collection, dataset)

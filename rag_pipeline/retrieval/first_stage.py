@@ -54,8 +54,18 @@ class _Snapshot:
     version: Any = None
 
 
+# Past this depth an arm asks how many chunks its index holds and searches no deeper: an index
+# cannot be asked for more results than it has room to count (a k of 10**18 overflows it).
+_DEEP = 10_000
+
+
+class _Arm:
+    def _within_index(self, k: int) -> int:
+        return k if k <= _DEEP else max(1, min(k, self.size()))
+
+
 @dataclass
-class DenseArm:
+class DenseArm(_Arm):
     """Nearest chunks by embedding: the query instruction is applied by the embedder."""
 
     embedder: Embedder
@@ -75,7 +85,7 @@ class DenseArm:
         vectors = self.encode(queries) if encoded is None else encoded
         if self.search == "exact":
             return self._exact(vectors, k)
-        return rescored(self.index.search_batch(vectors, k, self.where, with_text=with_text))
+        return rescored(self.index.search_batch(vectors, self._within_index(k), self.where, with_text=with_text))
 
     def size(self) -> int:
         """How many chunks this arm can return at most (the filtered collection)."""
@@ -115,7 +125,7 @@ class DenseArm:
 
 
 @dataclass
-class LexicalArm:
+class LexicalArm(_Arm):
     """Chunks by the words they share with the query (BM25): always exact, nothing to encode."""
 
     index: LexicalIndex
@@ -130,7 +140,7 @@ class LexicalArm:
     ) -> list[list[Document]]:
         """Top-``k`` chunks per query, best first, ``metadata['score']`` = BM25 score (each hit
         holds a term of the query; its score may be 0 or below, see ``lexical.method``)."""
-        return rescored(self.index.search_batch_text(queries, k, self.where, with_text=with_text))
+        return rescored(self.index.search_batch_text(queries, self._within_index(k), self.where, with_text=with_text))
 
     def size(self) -> int:
         """How many chunks this arm can return at most (the filtered collection)."""

@@ -26,20 +26,13 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import ConfigError, QueryError
+from ..errors import ConfigError, QueryError, positive_count
 from .filters import filter_problem
 from ..registry import register
 from ..stage_config import StageConfig
 from .first_stage import DenseArm, LexicalArm
 from .fusion import convex, fuse_single, reciprocal_rank
 from .path import RetrievalPath
-
-
-def positive_count(value: Any, name: str) -> int:
-    """``value`` as a result count, or a one-line ConfigError naming ``name`` as the user wrote it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}: must be a positive number of results, got {value!r}")
-    return value
 
 
 def _checked_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -53,45 +46,6 @@ def _result_count(config: Any, reranker: Any, k: int | None, k_name: str) -> int
     if k is None:
         return reranker.top_n if reranker is not None and reranker.top_n else config.k
     return positive_count(k, k_name)
-
-
-def build_dense_retriever(
-    config: "DenseRetrieverConfig",
-    embeddings,
-    store,
-    reranker=None,
-    lexical=None,
-    *,
-    k: int | None = None,
-    k_name: str = "k",
-) -> "PipelineRetriever":
-    k = _result_count(config, reranker, k, k_name)
-    path = RetrievalPath(
-        arms=[DenseArm(embeddings, store, where=config.filter, search=config.search)],
-        reranker=reranker,
-        fetch_k=max(config.fetch_k, k),
-    )
-    return PipelineRetriever(path=path, k=k)
-
-
-@register("retriever", "dense", build_dense_retriever)
-class DenseRetrieverConfig(StageConfig):
-    """``k`` results; with a reranker, ``fetch_k`` candidates are reranked down to ``k``.
-
-    A ``fetch_k`` below ``k`` is raised to ``k`` (so ``--set retriever.k=50`` just works)."""
-
-    type: Literal["dense"] = "dense"
-    k: int = Field(5, gt=0)
-    fetch_k: int = Field(20, gt=0)
-    filter: dict[str, Any] | None = Field(None, description="Chroma metadata filter, e.g. {file_type: pdf}.")
-    search: Literal["ann", "exact"] = Field(
-        "ann", description="ann: the index's own (HNSW) search; exact: score every chunk (small indexes, evaluation)."
-    )
-
-    @field_validator("filter")
-    @classmethod
-    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _checked_filter(value)
 
 
 ARM_NAMES = ("dense", "bm25")
@@ -156,8 +110,8 @@ class FusionConfig(BaseModel):
         return self.depth.get(arm, 100) if isinstance(self.depth, dict) else self.depth
 
 
-def build_hybrid_retriever(
-    config: "HybridRetrieverConfig",
+def build_retriever(
+    config: "DenseRetrieverConfig | HybridRetrieverConfig",
     embeddings,
     store,
     reranker=None,
@@ -166,6 +120,7 @@ def build_hybrid_retriever(
     k: int | None = None,
     k_name: str = "k",
 ) -> "PipelineRetriever":
+    """The retriever of ``dense`` and ``hybrid`` configs: ``dense`` is the embedding arm alone."""
     k = _result_count(config, reranker, k, k_name)
     arms: list[Any] = []
     for name in config.arms:
@@ -192,8 +147,46 @@ def build_hybrid_retriever(
     return PipelineRetriever(path=path, k=k)
 
 
-@register("retriever", "hybrid", build_hybrid_retriever)
-class HybridRetrieverConfig(StageConfig):
+class _FirstStageConfig(StageConfig):
+    """What ``dense`` and ``hybrid`` share: ``k`` results; with a reranker, ``fetch_k`` candidates
+    are reranked down to ``k`` (a ``fetch_k`` below ``k`` is raised to ``k``, so
+    ``--set retriever.k=50`` just works)."""
+
+    k: int = Field(5, gt=0)
+    fetch_k: int = Field(20, gt=0, description="With a reranker: candidates it reranks down to k.")
+    filter: dict[str, Any] | None = Field(None, description="Chroma metadata filter, e.g. {file_type: pdf}; every arm applies it.")
+    search: Literal["ann", "exact"] = Field(
+        "ann", description="ann: the index's own (HNSW) search; exact: score every chunk (small indexes, evaluation)."
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_filter(value)
+
+    def indexes_searched(self) -> frozenset[str]:
+        return frozenset({"vectorstore"} if "dense" in self.arms else set()) | (
+            frozenset({"lexical"}) if "bm25" in self.arms else frozenset()
+        )
+
+
+@register("retriever", "dense", build_retriever)
+class DenseRetrieverConfig(_FirstStageConfig):
+    """The embedding index alone: a hybrid retriever with the one arm ``dense``."""
+
+    type: Literal["dense"] = "dense"
+
+    @property
+    def arms(self) -> list[str]:
+        return ["dense"]
+
+    @property
+    def fusion(self) -> FusionConfig:
+        return FusionConfig()
+
+
+@register("retriever", "hybrid", build_retriever)
+class HybridRetrieverConfig(_FirstStageConfig):
     """Several first-stage arms fused into one list (then reranked, with a reranker).
 
     ``arms``: ``dense`` (the embedding index) and/or ``bm25`` (the ``lexical:`` index); one arm
@@ -201,16 +194,7 @@ class HybridRetrieverConfig(StageConfig):
 
     type: Literal["hybrid"] = "hybrid"
     arms: list[Literal["dense", "bm25"]] = Field(default_factory=lambda: ["dense", "bm25"], min_length=1)
-    k: int = Field(5, gt=0)
-    fetch_k: int = Field(20, gt=0, description="With a reranker: fused candidates it reranks down to k.")
-    filter: dict[str, Any] | None = Field(None, description="Chroma metadata filter, applied by every arm.")
-    search: Literal["ann", "exact"] = Field("ann", description="The dense arm's search (see retriever.type: dense).")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
-
-    @field_validator("filter")
-    @classmethod
-    def _filter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _checked_filter(value)
 
     @model_validator(mode="after")
     def _arms_once_each(self) -> "HybridRetrieverConfig":
@@ -279,6 +263,12 @@ class PipelineRetriever(BaseRetriever):
     ) -> list[Document]:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query is empty: give the text to search for")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise QueryError(
+                f"the query is not valid text: a lone surrogate {query[exc.start]!r} at position {exc.start}"
+            ) from None
         return self.path_for(filter).retrieve([query], self.result_count(k, top_n))[0]
 
     async def _aget_relevant_documents(
@@ -301,9 +291,7 @@ class PipelineRetriever(BaseRetriever):
             raise QueryError("top_n: is the reranker's cut and this retriever has no reranker; pass k instead")
         for name, value in (("k", k), ("top_n", top_n)):
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise QueryError(f"{name}: must be a positive number of results, got {value!r}")
-                return value
+                return positive_count(value, name)
         return self.k
 
     def path_for(self, filter: dict[str, Any] | None = None) -> Any:

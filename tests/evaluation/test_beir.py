@@ -68,7 +68,7 @@ def test_subset_keeps_judged_documents_and_draws_distractors(beir):
     assert len(draws) > 1
     # more distractors than there are documents: the whole corpus
     assert len(dataset.subset_of(1, distractors=100).corpus) == 8
-    with pytest.raises(ConfigError, match="--max-queries must be positive"):
+    with pytest.raises(ConfigError, match="--max-queries: must be a positive whole number"):
         dataset.subset_of(0)
 
 
