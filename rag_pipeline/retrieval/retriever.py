@@ -272,18 +272,10 @@ class PipelineRetriever(BaseRetriever):
         return self.path_for(filter).retrieve([query], self.result_count(k, top_n))[0]
 
     async def _aget_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: AsyncCallbackManagerForRetrieverRun,
-        k: int | None = None,
-        filter: dict[str, Any] | None = None,
-        top_n: int | None = None,
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **settings: Any
     ) -> list[Document]:
         # the models compute synchronously: off the event loop, as BaseRetriever's default does
-        return await run_in_executor(
-            None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(), k=k, filter=filter, top_n=top_n
-        )
+        return await run_in_executor(None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(), **settings)
 
     def result_count(self, k: int | None = None, top_n: int | None = None) -> int:
         """How many results one call returns: its ``k``, else its ``top_n``, else the retriever's ``k``."""
