@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from . import catalog  # noqa: F401  (registers the built-in stage types before any lookup)
 from .errors import ConfigError, first_line
+from .jsonl import read_json_objects
 from .registry import KINDS, STAGE_KINDS, load_entry_point_stages, lookup
 from .stage_config import ConfigPath, StageConfig
 
@@ -154,6 +155,21 @@ def load_config(
         apply_override(raw, dotted, value)
     _latest_result_count_wins(raw, overrides or {})
     return validate_config(raw, base.resolve())
+
+
+def read_sample_queries(source: list[str] | Path | None) -> list[str]:
+    """``sample_queries``: a list as it is, or the lines of a ``.txt`` / the ``query`` of each line
+    of a ``.jsonl`` file."""
+    if source is None:
+        return []
+    if isinstance(source, list):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"sample_queries: file not found: {path}")
+    if path.suffix == ".jsonl":
+        return [str(record["query"]) for record in read_json_objects(path, ("query",), label="sample_queries: ")]
+    return [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def as_config(

@@ -15,14 +15,12 @@ from typing import Any, Iterator, Mapping, Sequence
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from .config import PipelineConfig, as_config
-from .errors import ConfigError
+from .config import PipelineConfig, as_config, read_sample_queries
 from .indexing.index import Index
 from .indexing.inventory import SourceInfo
 from .indexing.report import IngestReport, SyncPlan
 from .indexing.state import IndexState
 from .indexing.vectorstore import IndexedDocumentIndex, IndexedVectorStore
-from .jsonl import read_json_objects
 from .models import ResolvedModel, resolve_model
 from .registry import KINDS, STAGE_KINDS, lookup
 from .stage_config import named_models
@@ -235,20 +233,7 @@ class Pipeline:
 
     def sample_queries(self) -> list[str]:
         """The queries the config lists for ``rag-pipeline run`` (inline, or a .txt/.jsonl file)."""
-        source = self.config.sample_queries
-        if source is None:
-            return []
-        if isinstance(source, list):
-            return source
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"sample_queries: file not found: {path}")
-        if path.suffix == ".jsonl":
-            records = read_json_objects(path, ("query",), label="sample_queries: ")
-            return [str(record["query"]) for record in records]
-        lines = path.read_text(encoding="utf-8").split("\n")
-        return [line.strip() for line in lines if line.strip()]
-
+        return read_sample_queries(self.config.sample_queries)
 
 
 def reading_stages(config: PipelineConfig) -> tuple[Any, Any]:
