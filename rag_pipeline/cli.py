@@ -107,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
         help="require `Authorization: Bearer <token>`, the token read from environment variable VAR "
         "(required when --host is not a loopback address)",
     )
+    serve.add_argument(
+        "--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="HOST",
+        help="also answer requests whose Host header names HOST (a name, an address, a network such as 10.0.0.0/8, "
+        "or '*' for any; repeatable). By default only the bound host's names: localhost, 127.x and [::1] on loopback",
+    )
+    serve.add_argument(
+        "--max-k", type=int, default=100, metavar="N", help="the most results one query may ask for (default 100)"
+    )
+    serve.add_argument(
+        "--max-body-mb", type=int, default=16, metavar="MB", help="the largest request body, in MiB (default 16)"
+    )
+    serve.add_argument(
+        "--max-documents", type=int, default=1000, metavar="N",
+        help="the most documents one POST /documents may carry (default 1000)",
+    )
     ls = with_config(commands.add_parser("ls", help="list the index's sources: origin, chunk count, last written"))
     ls.add_argument("--json", action="store_true", help="print a JSON array of {source, origin, chunks, recorded_at}")
     stats = with_config(commands.add_parser("stats", help="collection, model, fingerprint, counts and sizes on disk"))
@@ -318,12 +333,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     _require_extra("pytrec_eval", "eval", "compare")
-    from .evaluation import compare, load_beir, parse_grid
-    from .evaluation.comparison import check_can_plot, validate_grid
+    from .evaluation import load_beir, parse_grid, run_comparison, validate_grid
+    from .evaluation.comparison import check_can_plot
 
     grid = parse_grid(args.grid)
     overrides = dict(parse_override(o) for o in args.overrides)
-    validate_grid(args.config, grid, overrides=overrides, metric=args.metric)  # before reading any data
+    plan = validate_grid(args.config, grid, overrides=overrides, metric=args.metric)  # before reading any data
     if args.out:
         check_can_plot()
     dataset = load_beir(args.dataset, split=args.split)
@@ -334,9 +349,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {row.label}: {args.metric} {100 * row.metrics['final'][args.metric]:.2f} "
               f"({row.seconds:.1f}s, {row.timings['index']['embedded']} embedded)", file=sys.stderr)
 
-    result = compare(
-        args.config, dataset, grid, overrides=overrides, metric=args.metric, search=args.search,
-        show_progress=False if args.quiet else None, on_result=progress,
+    result = run_comparison(
+        plan, dataset, search=args.search, show_progress=False if args.quiet else None, on_result=progress
     )
     print(result.to_markdown(), end="")
     if args.out:
@@ -418,6 +432,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerSettings, create_app, is_loopback, run_server
+        from .server.app import allowed_hosts_for
     except ModuleNotFoundError as exc:
         raise RagPipelineError(
             f"serve needs {exc.name}, which is not installed: pip install 'rag-pipeline[serve]'"
@@ -433,8 +448,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
             "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
         )
-    app = create_app(_pipeline(args), ServerSettings(token=token))
-    print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)", file=sys.stderr)
+    for flag, value in (("--max-k", args.max_k), ("--max-body-mb", args.max_body_mb), ("--max-documents", args.max_documents)):
+        if value <= 0:
+            raise RagPipelineError(f"{flag}: must be a positive whole number, got {value}")
+    settings = ServerSettings(
+        token=token,
+        allowed_hosts=allowed_hosts_for(args.host, args.allowed_hosts),
+        max_k=args.max_k,
+        max_body_bytes=args.max_body_mb * 2**20,
+        max_documents=args.max_documents,
+    )
+    app = create_app(_pipeline(args), settings)
+    docs = "/openapi.json with the token" if token else "/docs"
+    print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: {docs}; Ctrl-C stops)", file=sys.stderr)
     run_server(app, args.host, args.port, log_level="warning" if args.quiet else "info")
     return 0
 

@@ -5,33 +5,72 @@
     DELETE /documents   {"source": "..."} or {"ids": [...]}
     GET    /stats       collection, model, chunk count
     GET    /health      liveness (never needs the token)
-    GET    /            the search page;  /docs, /openapi.json: FastAPI's OpenAPI docs
+    GET    /            the search page
+    /docs, /redoc, /openapi.json: FastAPI's OpenAPI docs; with a token, /openapi.json wants it and
+    the two pages are off (a browser cannot send the token to them)
 
-Errors a user causes (``RagPipelineError``) answer 400 with ``{"detail": "<the one-line message>"}``.
+The boundary a server holds, whatever a client sends (:class:`ServerSettings`):
+
+- only the host names the operator allows in the ``Host`` header (400 otherwise): on a loopback
+  bind a web page that rebinds its own name to 127.0.0.1 must not reach the index;
+- a request's ``filter`` narrows the configured ``retriever.filter`` (both hold), never replaces it;
+- at most ``max_k`` results per query, ``max_body_bytes`` per request body (413) and
+  ``max_documents`` per ``POST /documents`` (413);
+- text that is not valid Unicode (JSON's lone ``"\\ud800"`` escape) is refused with 400 naming the field.
+
+Errors a user causes (``RagPipelineError``) answer with ``{"detail": "<the one-line message>"}``:
+409 when another writer holds the index (``IndexBusyError``), 503 when the index's server cannot be
+reached (``IndexUnavailableError``), 400 for the rest.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder  # reports, dataclasses, paths -> JSON
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from langchain_core.documents import Document
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.datastructures import Headers
 
-from ..errors import RagPipelineError
+from ..errors import (
+    ConfigError,
+    DocumentError,
+    IndexBusyError,
+    IndexUnavailableError,
+    QueryError,
+    RagPipelineError,
+)
+from ..indexing.lock import index_lock
 from ..pipeline import Pipeline
+from ..retrieval.filters import filter_problem
 
 # The metadata keys that explain a rank: the first stage's (fused, when hybrid) score, each arm's
 # score and rank, and the cross-encoder's score. A key a result lacks is left out.
 SCORE_KEYS = ("score", "dense_score", "dense_rank", "bm25_score", "bm25_rank", "rerank_score")
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.0/8", "::1")
+"""The ``Host`` names a loopback server answers to: ``localhost``, any 127.x address, and ``[::1]``."""
+
+ANY_HOST = "*"
+"""An ``allowed_hosts`` entry that turns the ``Host`` check off (behind a proxy that does it)."""
+
+# A DNS name (RFC 1123 labels; underscores too, as some internal names use them).
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+
+# Exceptions that mean something other than "the request was wrong" (RagPipelineError's 400).
+STATUS_OF_ERROR = ((IndexBusyError, 409), (IndexUnavailableError, 503))
 
 
 def is_loopback(host: str) -> bool:
@@ -39,25 +78,135 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may resolve to any interface
         return False
 
 
+def _is_every_interface(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified  # 0.0.0.0, ::
+    except ValueError:
+        return False
+
+
+def allowed_hosts_for(bind: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``Host`` names a server bound to ``bind`` answers to: the loopback names on a loopback
+    bind, else ``bind`` itself, plus ``extra`` (``serve --allowed-host``). A bind to every interface
+    (0.0.0.0, ::) has no name of its own, so it needs ``extra``."""
+    if is_loopback(bind):
+        own: tuple[str, ...] = LOOPBACK_HOSTS
+    elif _is_every_interface(bind):
+        if not extra:
+            raise ConfigError(
+                f"--host {bind} listens on every interface: name the host names clients use with --allowed-host NAME "
+                f"(repeatable), or --allowed-host '{ANY_HOST}' to accept any"
+            )
+        own = ()
+    else:
+        own = (bind.strip("[]"),)
+    return own + tuple(extra)
+
+
+def host_of(header: str) -> str | None:
+    """The host of a ``Host`` header, lower case, without port, brackets or a final dot
+    (``[::1]:8000`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``); None when it is malformed."""
+    header = header.strip().lower()
+    if header.startswith("["):  # an IPv6 literal, the only form with colons of its own
+        end = header.find("]")
+        if end < 0:
+            return None
+        host, rest = header[1:end], header[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    else:
+        host, colon, port = header.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    host = host[:-1] if host.endswith(".") else host
+    return host or None
+
+
+class AllowedHosts:
+    """The ``Host`` check: names compared whole, addresses against addresses and networks
+    (``127.0.0.0/8``), and ``*`` for any."""
+
+    def __init__(self, entries: Iterable[str]):
+        self.entries = tuple(entries)
+        self.any = ANY_HOST in self.entries
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in self.entries:
+            if entry == ANY_HOST:
+                continue
+            text = entry.strip().lower().strip("[]").rstrip(".")
+            try:
+                self.networks.append(ipaddress.ip_network(text, strict=False))
+                continue
+            except ValueError:
+                pass
+            if not _HOST_NAME.match(text):
+                raise ConfigError(
+                    f"allowed host {entry!r}: give a host name, an IP address or network (127.0.0.0/8), "
+                    f"without scheme or port, or '{ANY_HOST}'"
+                )
+            self.names.add(text)
+
+    def allows(self, host: str) -> bool:
+        if self.any:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host in self.names
+        # ::ffff:127.0.0.1 is 127.0.0.1 seen through an IPv6 socket
+        mapped = getattr(address, "ipv4_mapped", None)
+        return any(address in network or (mapped is not None and mapped in network) for network in self.networks)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """``token``: when set, every endpoint but ``/health`` and the page wants
-    ``Authorization: Bearer <token>``."""
+    """What a server lets a client do.
+
+    ``token``: when set, every endpoint but ``/health`` and the page wants
+    ``Authorization: Bearer <token>``. ``allowed_hosts``: the ``Host`` header values it answers
+    (host names, IP addresses, networks such as ``127.0.0.0/8``; ``*`` for any), the loopback
+    names by default (:func:`allowed_hosts_for` gives the set for a bind address).
+    ``max_k``: the most results one query may ask for. ``max_body_bytes``: the largest request
+    body. ``max_documents``: the most documents one ``POST /documents`` may carry.
+    """
 
     token: str | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    max_k: int = 100
+    max_body_bytes: int = 16 * 2**20
+    max_documents: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_body_bytes", "max_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"ServerSettings.{name}: must be a positive whole number, got {value!r}")
+        # a list, or one name given where a tuple was meant: kept as a tuple (the settings are frozen)
+        hosts = (self.allowed_hosts,) if isinstance(self.allowed_hosts, str) else tuple(self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", hosts)
+        AllowedHosts(self.allowed_hosts)  # refuse a malformed entry now, not at the first request
 
 
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(description="The text to search for.")
-    k: int | None = Field(None, gt=0, description="Number of results (default: the config's).")
-    filter: dict[str, Any] | None = Field(None, description="Chroma `where` filter for this call, e.g. {\"file_type\": \"md\"}.")
+    # strict: JSON's true is not the number 1, nor "3" the number 3
+    k: StrictInt | None = Field(None, gt=0, description="Number of results (default: the config's; at most the server's max_k).")
+    filter: dict[str, Any] | None = Field(
+        None,
+        description="Chroma `where` filter for this call, e.g. {\"file_type\": \"md\"}; it narrows the configured "
+        "retriever.filter (both must hold).",
+    )
 
 
 class ResultItem(BaseModel):
@@ -91,7 +240,7 @@ class DocumentIn(BaseModel):
 class AddDocumentsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    documents: list[DocumentIn] = Field(min_length=1)
+    documents: list[DocumentIn] = Field(min_length=1, description="At most the server's max_documents.")
     source: str = Field(description="Where these documents come from, e.g. 'api:notes'; delete them by it later.")
 
 
@@ -117,44 +266,113 @@ def result_item(rank: int, document: Document) -> ResultItem:
     )
 
 
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON's "\ud800" escape decodes to one
+        return False
+    return True
+
+
+def _invalid_text_at(value: Any, where: str) -> str | None:
+    """Where in ``value`` (a field's JSON value) there is text that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        return None if _is_valid_unicode(value) else where
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and not _is_valid_unicode(key):
+                return f"{where} (the key {ascii(key)})"
+            found = _invalid_text_at(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _invalid_text_at(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_invalid_text(fields: Iterable[tuple[str, Any]], error: type[RagPipelineError]) -> None:
+    """Raise ``error`` naming the first field whose text is not valid Unicode.
+
+    Refused rather than repaired (as the folder loader repairs a file's metadata): a client can
+    fix what it sends, and a repaired query, source or id would silently be another one."""
+    for name, value in fields:
+        found = _invalid_text_at(value, name)
+        if found is not None:
+            raise error(
+                f"{found}: not valid Unicode (a lone surrogate such as JSON's \\ud800 escape); send the text as UTF-8"
+            )
+
+
 class PipelineService:
     """The one pipeline a server holds: models loaded at start, calls one at a time.
 
     One at a time because the pipeline's index views (Chroma's client, the record check that follows
     other processes' writes) are not made for concurrent use; a query takes milliseconds, so a lock
-    costs little next to a second copy of the model.
+    costs little next to a second copy of the model. A write waits for the index's write lock
+    (another process's ingest) before it takes this one, so queries never wait behind that wait.
     """
 
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings | None = None):
         self.pipeline = pipeline
+        self.settings = settings or ServerSettings()
         self._lock = threading.Lock()
-        self._retrievers: dict[int | None, Any] = {}
+        self._retriever: Any = None
         self.started = time.time()
 
     def warm_up(self) -> None:
         """Refuse now, not at the first request, when there is no index; load every model."""
         with self._lock:
-            self._retriever(None)
+            self.retriever()
             self.pipeline.embeddings.warm_up()
             if self.pipeline.reranker is not None:
                 self.pipeline.reranker.warm_up()
             self.pipeline.embeddings.embed_query("warm up")  # the first encode pays one-off costs
 
-    def _retriever(self, k: int | None):
-        # a retriever is a few objects over the shared stages: one per k asked for, built once
-        if k not in self._retrievers:
-            self._retrievers[k] = self.pipeline.as_retriever(k=k)
-        return self._retrievers[k]
+    def retriever(self) -> Any:
+        # one retriever for every request: k and filter are per call, so nothing is kept per k
+        if self._retriever is None:
+            self._retriever = self.pipeline.as_retriever()
+        return self._retriever
+
+    def result_count(self, k: int | None) -> int | None:
+        """The request's ``k`` (None: the config's), refused above ``max_k``: a large k makes the
+        first stage, and the reranker, score that many chunks."""
+        if k is not None and k > self.settings.max_k:
+            raise QueryError(
+                f"k: this server answers at most {self.settings.max_k} results per query (serve --max-k); ask for fewer"
+            )
+        return k
+
+    def narrowed_filter(self, requested: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The filter a request searches under: the configured ``retriever.filter`` and the
+        request's, both; None keeps the configured one alone (also for ``{}``).
+
+        A client narrows what the operator's config serves, never widens it; the Python API, where
+        the caller owns the config, keeps its per-call replacement."""
+        if not requested:
+            return None
+        problem = filter_problem(requested)
+        if problem is not None:
+            raise QueryError(f"filter: {problem}")
+        configured = getattr(self.pipeline.config.retriever, "filter", None)
+        return {"$and": [configured, requested]} if configured else requested
 
     def query(self, request: QueryRequest) -> QueryResponse:
         started = time.perf_counter()
+        refuse_invalid_text([("query", request.query), ("filter", request.filter)], QueryError)
+        per_call: dict[str, Any] = {}
+        k = self.result_count(request.k)
+        if k is not None:
+            per_call["k"] = k
+        where = self.narrowed_filter(request.filter)
+        if where is not None:
+            per_call["filter"] = where
         with self._lock:
-            retriever = self._retriever(request.k)
-            if request.filter is not None:
-                # the per-call filter of the retriever's RunnableConfig (rag_pipeline.retrieval)
-                documents = retriever.invoke(request.query, config={"configurable": {"filter": request.filter}})
-            else:
-                documents = retriever.invoke(request.query)
+            # the per-call settings of the retriever's RunnableConfig (rag_pipeline.retrieval)
+            documents = self.retriever().invoke(request.query, config={"configurable": per_call})
         reranked = any("rerank_score" in d.metadata for d in documents)
         return QueryResponse(
             query=request.query,
@@ -164,24 +382,51 @@ class PipelineService:
             results=[result_item(rank, d) for rank, d in enumerate(documents, start=1)],
         )
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        # The index's write lock first (it may wait up to ingest.lock_timeout for an ingest in another
+        # process), then this server's: queries keep answering during that wait. Reentrant: the
+        # pipeline's own write, on this thread, takes the index lock again.
+        state = self.pipeline.state
+        state.ensure_directory()
+        with index_lock(state.lock_path, self.pipeline.config.ingest.lock_timeout, reentrant=True):
+            with self._lock:
+                yield
+
     def add_documents(self, request: AddDocumentsRequest) -> Any:
+        limit = self.settings.max_documents
+        if len(request.documents) > limit:
+            raise HTTPException(
+                413,
+                f"{len(request.documents)} documents in one request; this server takes at most {limit} "
+                "(serve --max-documents). A POST replaces its source whole: split a larger set into several sources",
+            )
+        fields: list[tuple[str, Any]] = [("source", request.source)]
+        for number, document in enumerate(request.documents):
+            fields += [
+                (f"documents[{number}].content", document.content),
+                (f"documents[{number}].metadata", document.metadata),
+                (f"documents[{number}].id", document.id),
+            ]
+        refuse_invalid_text(fields, DocumentError)
         documents = [Document(page_content=d.content, metadata=d.metadata, id=d.id) for d in request.documents]
-        with self._lock:
-            return jsonable_encoder(_document_api(self.pipeline, "add_documents")(documents, source=request.source))
+        with self._writing():
+            return jsonable_encoder(self.pipeline.add_documents(documents, source=request.source))
 
     def delete_documents(self, request: DeleteDocumentsRequest) -> Any:
         if (request.source is None) == (request.ids is None):
             raise HTTPException(400, "give exactly one of `source` or `ids`")
-        with self._lock:
-            chosen = {"source": request.source} if request.source is not None else {"ids": request.ids}
-            return jsonable_encoder(_document_api(self.pipeline, "delete")(**chosen))
+        refuse_invalid_text([("source", request.source), ("ids", request.ids)], DocumentError)
+        chosen = {"source": request.source} if request.source is not None else {"ids": request.ids}
+        with self._writing():
+            return jsonable_encoder(self.pipeline.delete(**chosen))
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             pipeline = self.pipeline
             store = pipeline.store
             reranker = pipeline.config.reranker
-            stats = {
+            return {
                 "name": pipeline.config.name,
                 "collection": store.config.collection,
                 "physical_collection": store.collection_name,
@@ -189,20 +434,95 @@ class PipelineService:
                 "embeddings_model": str(pipeline.config.embeddings.model),
                 "reranker_model": str(reranker.model) if reranker is not None else None,
                 "retriever": pipeline.config.retriever.type,
+                "index": jsonable_encoder(pipeline.stats()),  # sizes, fingerprint, sources
             }
-            if hasattr(pipeline, "stats"):  # the documents API's fuller account (sizes, fingerprint, sources)
-                stats["index"] = jsonable_encoder(pipeline.stats())
-            return stats
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
 
 
-def _document_api(pipeline: Pipeline, name: str):
-    method = getattr(pipeline, name, None)
-    if method is None:  # pragma: no cover - present once the documents API is merged
-        raise HTTPException(501, f"this version of rag-pipeline has no Pipeline.{name}")
-    return method
+class SafeJSONResponse(JSONResponse):
+    """JSON as UTF-8, or, when some text is not valid Unicode (a 422 that echoes a client's lone
+    surrogate), with every non-ASCII character escaped: the same JSON, never a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _refusal(status: int, message: str) -> SafeJSONResponse:
+    return SafeJSONResponse(status_code=status, content={"detail": message})
+
+
+class HostCheck:
+    """Answer only requests whose ``Host`` header names an allowed host (400 otherwise).
+
+    A browser sends the name in the address bar: a page whose own name was rebound to 127.0.0.1
+    reaches a loopback server with its own name in ``Host``, and is turned away here."""
+
+    def __init__(self, app: Any, allowed: AllowedHosts):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.allowed.any:
+            header = Headers(scope=scope).get("host")
+            host = host_of(header) if header is not None else None
+            if host is None or not self.allowed.allows(host):
+                shown = "no Host header" if header is None else f"Host {header[:100]!r}"
+                message = f"{shown} is not a name this server answers to; the operator can add it with serve --allowed-host"
+                await _refusal(400, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413, whether its length is declared or it
+    arrives in chunks: the body is read (up to the limit) before the app sees it."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    def _too_large(self) -> SafeJSONResponse:
+        return _refusal(413, f"the request body is over {self.limit / 2**20:g} MiB, this server's limit (serve --max-body-mb)")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self._too_large()(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        last: dict[str, Any] | None = None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                last = message
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await self._too_large()(scope, receive, send)
+                return
+            parts.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return last if last is not None else {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _page() -> str:
@@ -212,7 +532,7 @@ def _page() -> str:
 def create_app(pipeline: Pipeline, settings: ServerSettings | None = None, *, warm_up: bool = True) -> FastAPI:
     """The FastAPI app over ``pipeline`` (its models are loaded here unless ``warm_up=False``)."""
     settings = settings or ServerSettings()
-    service = PipelineService(pipeline)
+    service = PipelineService(pipeline, settings)
     if warm_up:
         service.warm_up()
 
@@ -223,18 +543,38 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None, *, wa
         if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
             raise HTTPException(401, "missing or wrong token: send the header `Authorization: Bearer <token>`")
 
+    docs_open = settings.token is None
     app = FastAPI(
         title="rag-pipeline",
         summary=f"Retrieval over the {pipeline.config.name!r} index ({pipeline.config.vectorstore.collection}).",
         version=_version(),
+        default_response_class=SafeJSONResponse,
+        docs_url="/docs" if docs_open else None,
+        redoc_url="/redoc" if docs_open else None,
+        openapi_url="/openapi.json" if docs_open else None,
     )
     app.state.service = service
+    # the outermost (last added) runs first: a foreign Host is refused before its body is read
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HostCheck, allowed=AllowedHosts(settings.allowed_hosts))
 
     @app.exception_handler(RagPipelineError)
     async def user_error(request: Request, exc: RagPipelineError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+        status = next((code for kind, code in STATUS_OF_ERROR if isinstance(exc, kind)), 400)
+        return _refusal(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, answered with SafeJSONResponse: the errors echo the client's input
+        return SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
 
     guarded = [Depends(authorised)]
+
+    if not docs_open:
+        # the API's description is the token holder's: a client with it fetches the spec with the header
+        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+        def openapi() -> dict[str, Any]:
+            return app.openapi()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

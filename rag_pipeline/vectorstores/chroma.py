@@ -22,20 +22,20 @@ import functools
 import json
 import logging
 import os
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+import uuid
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from langchain_core.documents import Document
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
+from ..contracts import Filter
 from ..errors import ConfigError, IndexMismatchError, IndexUnavailableError, first_line
+from ..index_storage import GenerationsBase, batches
 from ..metadata import chroma_where, stored_metadata
 from ..stage_config import ConfigPath, StageConfig
 from ..registry import register
-from .shared import batches, fingerprint_mismatch, fingerprint_text
-from .scores import similarity
+from .shared import VectorStoreBase, distance_mismatch, fingerprint_mismatch, fingerprint_text
 
 FINGERPRINT_KEY = "rag_pipeline:embedding_fingerprint"
 logger = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ class ChromaStoreConfig(StageConfig):
 
     type: Literal["chroma"] = "chroma"
     persist_directory: ConfigPath | None = None
+    # In memory, Chroma keeps every client of a process in one store: each in-memory index gets a
+    # database of its own, named on first use and shared by the stores built from this config
+    # (a reindex's new generation), so two pipelines in one process never see each other's chunks.
+    _memory_database: str | None = PrivateAttr(default=None)
     collection: str = Field("rag_pipeline", min_length=3, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]$")
     distance: Literal["cosine", "ip", "l2"] = "cosine"
     write_batch_size: int = Field(256, gt=0, description="Chunks embedded and written per step.")
@@ -114,7 +118,7 @@ class ChromaStoreConfig(StageConfig):
         return headers
 
 
-class ChromaStore:
+class ChromaStore(VectorStoreBase, GenerationsBase):
     """A Chroma collection plus the LangChain ``Chroma`` vector store over it (a ``VectorIndex``).
 
     ``collection_name`` is the physical collection to serve (default: ``vectorstore.collection``).
@@ -124,7 +128,8 @@ class ChromaStore:
     ``change_token``, when given, returns something that changes whenever another process may have
     written the index (the index record's stat). Chroma keeps one in-memory view of a persistent
     folder per process and never sees another process's writes in it; a read that finds the token
-    changed opens a fresh view (and asks ``resolve_collection`` again) before it answers.
+    changed opens a fresh view (and asks ``resolve_collection`` again) before it answers
+    (:class:`~rag_pipeline.index_storage.GenerationsBase`, with :meth:`_reopen`).
     """
 
     def __init__(
@@ -136,12 +141,8 @@ class ChromaStore:
     ):
         self.config = config
         self.embeddings = embeddings
-        self._collection_name = collection_name
+        super().__init__(collection_name)
         self.resolve_collection = resolve_collection
-        self.change_token: Callable[[], Any] | None = None
-        self._token: Any = None
-        self._writing = 0
-        self._writes = 0  # this store's own writes, which change no token (see content_version)
         self._client = None
         self._raw_client = None
         self._collection = None
@@ -154,28 +155,12 @@ class ChromaStore:
     @property
     def location(self) -> str | None:
         """Where the index lives, for messages (None: in memory)."""
-        if self.on_server:
-            return self.config.server_url
-        return str(self.config.persist_directory) if self.config.persist_directory is not None else None
+        return self.config.server_url if self.on_server else super().location
 
-    @property
-    def collection_name(self) -> str:
-        """The physical collection served."""
-        if self._collection_name is None:
-            self._collection_name = self.resolve_collection() if self.resolve_collection else self.config.collection
-        return self._collection_name
-
-    def use_collection(self, name: str) -> None:
-        """Serve another physical collection from now on (after a reindex switched to it)."""
-        self._writes += 1
-        self._collection_name = name
+    def _served_changed(self) -> None:
+        super()._served_changed()
         self._collection = None
         self._vectorstore = None
-
-    @property
-    def local_directory(self) -> Path | None:
-        """The folder that holds the index on this machine (None: in memory, or on a server)."""
-        return self.config.persist_directory
 
     # -- connection ------------------------------------------------------------------------------
     @property
@@ -190,13 +175,20 @@ class ChromaStore:
                 self._raw_client = self._connect(chromadb, settings)
                 self._client = _ServerCalls(self._raw_client, self.config.server_url)
             elif self.config.persist_directory is None:
-                self._client = chromadb.EphemeralClient(settings=settings)
+                self._client = chromadb.EphemeralClient(settings=settings, database=self._memory_database(chromadb, settings))
             else:
                 self.config.persist_directory.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.config.persist_directory), settings=settings)
             if not self.on_server:
                 self._raw_client = self._client
         return self._client
+
+    def _memory_database(self, chromadb, settings) -> str:
+        if self.config._memory_database is None:
+            name = f"memory-{uuid.uuid4().hex}"
+            chromadb.AdminClient(settings).create_database(name)
+            self.config._memory_database = name
+        return self.config._memory_database
 
     def _connect(self, chromadb, settings):
         from chromadb.errors import ChromaAuthError
@@ -292,13 +284,9 @@ class ChromaStore:
     def _check_distance(self, collection) -> None:
         """A collection's distance is fixed when it is created; a config that says another one would
         get scores computed for the wrong space, so it is refused."""
-        space = _collection_space(collection)
-        if space is not None and space != self.config.distance:
-            raise IndexMismatchError(
-                f"vectorstore.distance: collection {self.config.collection!r} was built with distance {space!r}, "
-                f"the config says {self.config.distance!r}; set distance: {space}, or run `rag-pipeline reindex "
-                "CONFIG` to rebuild the index with the new distance"
-            )
+        mismatch = distance_mismatch(self.config.collection, _collection_space(collection), self.config.distance)
+        if mismatch is not None:
+            raise mismatch
 
     def stored_fingerprint(self) -> dict[str, Any] | None:
         """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
@@ -312,7 +300,6 @@ class ChromaStore:
     def clear(self) -> None:
         """Drop the served collection; the next write creates it afresh."""
         self.drop_collection(self.collection_name)
-        self.use_collection(self.collection_name)
 
     @property
     def vectorstore(self):
@@ -383,6 +370,8 @@ class ChromaStore:
         if self.exists_named(name):
             self.client.delete_collection(name)
             self._writes += 1
+        if name == self._collection_name:
+            self._served_changed()
 
     def count(self) -> int:
         return self.collection.count()
@@ -401,44 +390,17 @@ class ChromaStore:
         return (self.collection_name, self._writes, token, count)
 
     # -- reads -----------------------------------------------------------------------------------
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        """While this process writes (holding the write lock), its own view is the current one:
-        no refresh mid-write, and what it committed does not count as another process's change."""
-        self.refresh_if_changed()  # start from what other processes wrote before the lock was ours
-        self._writing += 1
-        try:
-            yield
-        finally:
-            self._writing -= 1
-            if self.change_token is not None and self._client is not None:
-                self._token = self.change_token()
+    def _sees_other_processes(self) -> bool:
+        # nothing opened yet (the client reads the token when it opens), or an in-memory client
+        return self._client is not None and (self.config.persist_directory is not None or self.on_server)
 
-    def refresh_if_changed(self) -> bool:
-        """Open a fresh view of the folder if another process changed the index since ours was
-        opened (see the class docstring); returns whether it did.
-
-        A server's view is always current; there only the active collection is asked again (a
-        reindex in another process may have switched it)."""
-        if self._client is None or self.change_token is None:
-            return False
-        if self.config.persist_directory is None and not self.on_server:
-            return False
-        if self._writing:
-            return False
-        token = self.change_token()
-        if token == self._token:
-            return False
-        if self.on_server:
-            self._token = token
-        else:
+    def _reopen(self) -> None:
+        """A fresh view of the folder (a server's view is always current; there only the active
+        collection is asked again, as after any change: a reindex may have switched it)."""
+        if not self.on_server:
             _forget_process_view(self._client)
             self._client = self._raw_client = None
-        if self.resolve_collection is not None:
-            self.use_collection(self.resolve_collection())
-        else:
-            self.use_collection(self.collection_name)
-        return True
+        self._served_changed()
 
     def _read(self, operation: Callable[[Any], Any]) -> Any:
         """Run a read on an up-to-date view; if the collection was dropped under us (a reindex in
@@ -451,6 +413,7 @@ class ChromaStore:
         except NotFoundError:
             if self.resolve_collection is None:
                 raise
+            self._served_changed()  # (the active collection may carry the same name, made anew)
             self.use_collection(self.resolve_collection())
             return operation(self.collection)
 
@@ -484,26 +447,16 @@ class ChromaStore:
         dimension = len(next(iter(rows.values()))) if rows else 0
         return np.vstack([rows[i] for i in ids]) if ids else np.zeros((0, dimension), dtype=np.float32)
 
-    def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores as :meth:`search_batch` reports them: the similarity that Chroma's distance in this
-        collection's space stands for (see :func:`rag_pipeline.vectorstores.scores.similarity`)."""
-        return similarity(self.config.distance, queries, vectors)
-
     def _distance_to_similarity(self, distance: float) -> float:
         # Chroma returns distances: cosine and ip give 1 - similarity; l2 is squared Euclidean.
         if self.config.distance == "l2":
             return 1.0 - distance / 2.0
         return 1.0 - distance
 
-    def search_batch(
-        self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None, *, with_text: bool = True
+    def _search_collection(
+        self, queries: np.ndarray, k: int, where: Filter | None, with_text: bool
     ) -> list[list[Document]]:
-        """Top-k chunks per query vector from Chroma's HNSW index, ``metadata['score']`` = similarity."""
-        if k <= 0:
-            raise ConfigError(f"retriever.k must be positive, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if len(queries) == 0:
-            return []
+        """Top-k chunks per query vector from Chroma's HNSW index."""
         include = ["metadatas", "distances"] + (["documents"] if with_text else [])
         from chromadb.errors import InvalidArgumentError
 
@@ -515,7 +468,7 @@ class ChromaStore:
             if not where:
                 raise
             raise ConfigError(f"retriever.filter: not a valid Chroma filter ({first_line(exc)}): {where!r}") from None
-        batches = []
+        results = []
         for row in range(len(queries)):
             texts = result["documents"][row] if with_text else [""] * len(result["ids"][row])
             documents = []
@@ -525,12 +478,8 @@ class ChromaStore:
                 metadata = dict(metadata or {})
                 metadata["score"] = self._distance_to_similarity(float(distance))
                 documents.append(Document(page_content=text or "", metadata=metadata, id=identifier))
-            batches.append(documents)
-        return batches
-
-    def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
-        """Top-k chunks for a query text (embedded with the query instruction)."""
-        return self.search_batch(np.asarray([self.embeddings.embed_query(query)]), k, where)[0]
+            results.append(documents)
+        return results
 
 
 class _ServerCalls:

@@ -33,10 +33,13 @@ class Server:
         self.url = url
         self.process = process
 
-    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        """(status, decoded JSON or text) of one HTTP request."""
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON or text) of one HTTP request (``Host``: the loopback address it
+        connects to, unless ``headers`` names another)."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if token is not None:
@@ -47,6 +50,20 @@ class Server:
         except urllib.error.HTTPError as error:
             status, raw, kind = error.code, error.read(), error.headers.get_content_type()
         return status, json.loads(raw) if kind == "application/json" else raw.decode()
+
+
+LOOPBACK_BASE_URL = "http://127.0.0.1"
+
+
+def http_client(pipeline: Pipeline, settings: Any = None, *, warm_up: bool = True):
+    """FastAPI's ``TestClient`` over ``create_app(pipeline, settings)``, in this process, sending
+    ``Host: 127.0.0.1`` as a loopback client does (its default, ``testserver``, is not a loopback
+    name, and the server's Host check refuses it)."""
+    from fastapi.testclient import TestClient
+
+    from rag_pipeline.server import create_app
+
+    return TestClient(create_app(pipeline, settings, warm_up=warm_up), base_url=LOOPBACK_BASE_URL)
 
 
 @contextmanager

@@ -98,6 +98,11 @@ def test_a_token_guards_everything_but_health(hybrid_index):
         assert status == 401 and "Authorization: Bearer" in body["detail"]
         assert guarded.request("POST", "/query", {"query": "sourdough"}, token="wrong")[0] == 401
         assert guarded.request("GET", "/stats")[0] == 401
+        # the API's description is the token holder's too; the docs pages cannot send it, so they are off
+        assert guarded.request("GET", "/openapi.json")[0] == 401
+        assert guarded.request("GET", "/docs")[0] == 404
+        status, spec = guarded.request("GET", "/openapi.json", token=TOKEN)
+        assert status == 200 and "/query" in spec["paths"]
         status, body = guarded.request("POST", "/query", {"query": "sourdough"}, token=TOKEN)
         assert status == 200 and len(body["results"]) == 3
 
