@@ -2,8 +2,10 @@
 
 Sync (``indexing``), evaluation and the retriever (``retrieval``) talk to these, never to a
 concrete class, so a FAISS index, a BM25 index, an ONNX embedder or a remote Chroma is a new stage
-module, not a patch across the house. The built-in stages satisfy them structurally (no base class
-to inherit); ``tests/test_contracts.py`` checks that they do.
+module, not a patch across the house. The protocols are structural: a stage needs no base class
+(the built-in indexes share one, :mod:`rag_pipeline.index_storage`, as a convenience, not a
+requirement). ``tests/test_contracts.py`` checks that the built-in stages satisfy them, and
+``tests/vectorstores/test_conformance.py`` that every index behaves as its protocol says.
 
 Vectors are ``numpy`` float32 arrays, one row per text. A search returns, per query, LangChain
 ``Document``s best first, with ``id`` set and the similarity (higher is better) in
@@ -190,6 +192,12 @@ class VectorIndex(Generations, Protocol):
 
     def count(self) -> int: ...
 
+    def content_version(self) -> Any:
+        """Something that changes whenever the served collection's chunks may have changed (this
+        process's writes, another process's commit, a switch of collection), cheap to ask before
+        every query: what a reader that keeps a copy (exact search) compares to know it is current."""
+        ...
+
     def ids(self, where: Filter | None = None) -> set[str]: ...
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
@@ -251,7 +259,11 @@ class LexicalIndex(Generations, Protocol):
 
     def ids(self, where: Filter | None = None) -> set[str]: ...
 
-    def documents(self, ids: Sequence[str]) -> list[Document]: ...
+    def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
+
+    def documents(self, ids: Sequence[str]) -> list[Document]:
+        """The stored chunks (text and metadata), in ``ids`` order."""
+        ...
 
     def search_batch_text(
         self, queries: Sequence[str], k: int, where: Filter | None = None, *, with_text: bool = True

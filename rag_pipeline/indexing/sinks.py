@@ -110,8 +110,6 @@ class LexicalSink(_IndexSink):
     def __init__(self, index: LexicalIndex):
         super().__init__(index)
 
-    def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        return set(ids) & self.index.ids()
 
     def write(self, chunks: Sequence[Document], report: IngestReport) -> None:
         if not chunks:

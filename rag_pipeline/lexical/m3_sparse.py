@@ -1,8 +1,8 @@
 """``lexical.type: m3-sparse`` — BGE-M3's learned sparse weights and ColBERT vectors, per chunk.
 
-The same storage and write protocol as the BM25 index (:mod:`.bm25`), so ingest keeps it in step
-through the same ``LexicalSink``, chunk ids, record, reconcile and sweep: one SQLite file per
-physical collection,
+The same storage and write protocol as the BM25 index (:mod:`.matrix_index`), so ingest keeps it
+in step through the same ``LexicalSink``, chunk ids, record, reconcile and sweep: one SQLite file
+per physical collection,
 
     <state>/lexical/<physical collection>/chunks.sqlite
       chunks   id, text, metadata                      (as for BM25)
@@ -11,21 +11,19 @@ physical collection,
 written in one transaction per batch with the chunks' texts, so a kill leaves both consistent.
 
 Search: the query's sparse weights against every chunk's (a scipy CSR matrix built in memory from
-the store when its version changes; a read of the stored arrays, no model call, so it is not saved).
+the table when its version changes; a read of the stored arrays, no model call, so it is not saved).
 Score = sum over shared tokens of query weight x chunk weight, exactly FlagEmbedding's
 ``compute_lexical_matching_score``.
 
 ColBERT vectors are stored rather than recomputed for the candidates at query time: recomputing
-means one bge-m3 forward pass per candidate per query, ~1,900x slower than reading the stored
-vectors back and scoring them on this CPU (100 candidates of 256 tokens,
-``benchmarks/results/bge-m3-colbert.md``). The price is disk: tokens x dimension x 2 bytes per
-chunk (1024-d bge-m3: 2 KiB per token, ~0.5 MiB for a 256-token chunk).
+means one bge-m3 forward pass per candidate per query, orders of magnitude slower than reading the
+stored vectors back and scoring them (``benchmarks/results/bge-m3-colbert.md`` has the figures).
+The price is disk: tokens x dimension x 2 bytes per chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -33,10 +31,10 @@ import scipy.sparse
 from langchain_core.documents import Document
 
 from ..errors import ConfigError
-from ..metadata import stored_metadata_json
+from ..index_storage import ChunkTable
 from ..registry import register
 from ..stage_config import StageConfig
-from .bm25 import BM25Index, _Built, _TextStore
+from .matrix_index import Built, MatrixIndex
 
 FORMAT_VERSION = "m3-sparse-1"  # names the in-memory matrices; bump when the stored layout changes
 
@@ -63,94 +61,49 @@ class M3SparseConfig(StageConfig):
         return {"embeddings": (("bge-m3",), NEEDS_M3_EMBEDDER)}
 
 
-class _M3Store(_TextStore):
-    """The chunks' texts plus their BGE-M3 outputs, written in the same transaction."""
+class M3Table(ChunkTable):
+    """The chunks plus their BGE-M3 outputs (``m3``), written, deleted and cleared in the same
+    transactions."""
 
-    def __init__(self, path: Path | None):
-        super().__init__(path)
-        with self._lock, self._connection as c:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS m3 (id TEXT PRIMARY KEY, tokens BLOB NOT NULL, weights BLOB NOT NULL, "
-                "colbert BLOB NOT NULL, dimension INTEGER NOT NULL)"
-            )
+    PER_CHUNK_TABLES = {
+        "m3": "id TEXT PRIMARY KEY, tokens BLOB NOT NULL, weights BLOB NOT NULL, colbert BLOB NOT NULL, dimension INTEGER NOT NULL"
+    }
 
     def upsert_outputs(
         self, chunks: Sequence[Document], sparse: Sequence[dict[int, float]], colbert: Sequence[np.ndarray]
     ) -> None:
-        chunk_rows = [(c.id, c.page_content, stored_metadata_json(c.metadata)) for c in chunks]
-        m3_rows = []
+        rows = []
         for chunk, weights, vectors in zip(chunks, sparse, colbert):
             tokens = np.fromiter(weights.keys(), dtype=np.int32, count=len(weights))
             values = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
             vectors = np.asarray(vectors, dtype=np.float16)
-            m3_rows.append((chunk.id, tokens.tobytes(), values.tobytes(), vectors.tobytes(), int(vectors.shape[-1])))
-        with self._lock, self._connection as c:
-            c.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", chunk_rows)
-            c.executemany("INSERT OR REPLACE INTO m3 VALUES (?, ?, ?, ?, ?)", m3_rows)
-            c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-
-    def upsert(self, chunks: Sequence[Document]) -> None:
-        raise TypeError("an m3-sparse index is written with its BGE-M3 outputs (upsert_outputs)")
-
-    def delete(self, ids: Sequence[str]) -> None:
-        rows = [(i,) for i in ids]
-        with self._lock, self._connection as c:
-            c.executemany("DELETE FROM chunks WHERE id = ?", rows)
-            c.executemany("DELETE FROM m3 WHERE id = ?", rows)
-            c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-
-    def clear(self) -> None:
-        with self._lock, self._connection as c:
-            c.execute("DELETE FROM chunks")
-            c.execute("DELETE FROM m3")
-            c.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-
-    def sparse_snapshot(self) -> tuple[int, list[tuple[str, bytes, bytes]]]:
-        """The version and every chunk's (id, token ids, weights), read in one transaction."""
-        with self._lock, self._connection as c:
-            c.execute("BEGIN")
-            version = c.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
-            rows = c.execute("SELECT id, tokens, weights FROM m3 ORDER BY id").fetchall()
-        return version, rows
+            rows.append((chunk.id, tokens.tobytes(), values.tobytes(), vectors.tobytes(), int(vectors.shape[-1])))
+        self.upsert(chunks, m3=rows)
 
     def colbert(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(ids))
-        with self._lock:
-            for start in range(0, len(unique), 500):
-                part = unique[start : start + 500]
-                query = f"SELECT id, colbert, dimension FROM m3 WHERE id IN ({','.join('?' * len(part))})"
-                for chunk_id, blob, dimension in self._connection.execute(query, part):
-                    found[chunk_id] = np.frombuffer(blob, dtype=np.float16).reshape(-1, dimension)
-        return found
+        return {
+            chunk_id: np.frombuffer(blob, dtype=np.float16).reshape(-1, dimension)
+            for chunk_id, blob, dimension in self.rows("id, colbert, dimension", list(dict.fromkeys(ids)), table="m3")
+        }
 
 
-class M3SparseIndex(BM25Index):
+class M3SparseIndex(MatrixIndex):
     """A ``LexicalIndex`` of BGE-M3 sparse weights (searched by query text, or by query weights),
-    which also serves the chunks' ColBERT vectors for rescoring."""
+    which also serves the chunks' ColBERT vectors for rescoring. The table, collections and write
+    sessions are :class:`~.matrix_index.MatrixIndex`'s; the matrix is built in memory from the
+    stored weights (a read, no model call), so it is not saved."""
 
     # BGE-M3's outputs of a batch are held in memory until written (ColBERT: tokens x 1024 floats
     # per chunk), so ingest writes batches of this size at most (the smallest sink's size governs).
     max_batch_size = 256  # = embeddings.bge_m3.KEEP_OUTPUTS_UP_TO (stages do not import each other)
-    store_type = _M3Store
+    table_type = M3Table
 
     def __init__(self, config: M3SparseConfig, embeddings: Any):
-        self.config = config  # type: ignore[assignment]
+        super().__init__(config)
         self.embeddings = embeddings
-        self.root = None
-        self.collection_name = None
-        self.resolve_collection = None
-        self.change_token = None
-        self._token = None
-        self._stores = {}
-        self._built = None
-        self._mask_cache = {}
 
-    def for_collection(self, name: str) -> "M3SparseIndex":
-        other = M3SparseIndex(self.config, self.embeddings)
-        other.root, other._stores = self.root, self._stores
-        other.use_collection(name)
-        return other
+    def _new_view(self) -> "M3SparseIndex":
+        return M3SparseIndex(self.config, self.embeddings)
 
     # -- writing -----------------------------------------------------------------------------------
     def upsert_texts(self, chunks: Sequence[Document]) -> None:
@@ -159,7 +112,7 @@ class M3SparseIndex(BM25Index):
         for start in range(0, len(chunks), self.max_batch_size):
             part = chunks[start : start + self.max_batch_size]
             sparse, colbert = self.embeddings.passage_outputs([c.page_content for c in part])
-            self._store(create=True).upsert_outputs(part, sparse, colbert)
+            self._table(create=True).upsert_outputs(part, sparse, colbert)
 
     # -- reading -----------------------------------------------------------------------------------
     def search_batch_text(
@@ -173,7 +126,13 @@ class M3SparseIndex(BM25Index):
         self, queries: Sequence[dict[int, float]], k: int, where: Any = None, *, with_text: bool = True
     ) -> list[list[Document]]:
         """As :meth:`search_batch_text`, for queries already encoded (token id -> weight)."""
-        return self._search(queries, k, where, with_text, list, _sparse_scores)
+        return self._search(queries, k, where, with_text)
+
+    def _encode(self, queries: Sequence[dict[int, float]]) -> list[dict[int, float]]:
+        return list(queries)
+
+    def _scores(self, model: Any, weights: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        return _sparse_scores(model, weights)
 
     def sparse_scores(self, weights: dict[int, float], ids: Sequence[str]) -> np.ndarray:
         """The lexical matching score of one query with each of ``ids`` (0 for a chunk not held)."""
@@ -191,16 +150,16 @@ class M3SparseIndex(BM25Index):
 
     def colbert_vectors(self, ids: Sequence[str]) -> list[np.ndarray | None]:
         """Each chunk's stored ColBERT vectors (float16, one row per token after CLS), in ``ids`` order."""
-        store = self._store()
-        found = store.colbert(ids) if store is not None else {}
+        table = self._table()
+        found = table.colbert(ids) if table is not None else {}
         return [found.get(i) for i in ids]
 
     # -- the matrix --------------------------------------------------------------------------------
-    def _build(self, store: _M3Store) -> _Built:  # type: ignore[override]
-        version, rows = store.sparse_snapshot()
+    def _build(self, table: M3Table) -> Built:  # type: ignore[override]
+        version, rows = table.snapshot("id, tokens, weights", table="m3")
         key = self._key(version)
         if not rows:
-            return _Built(key, None, [])
+            return Built(key, None, [])
         tokens = [np.frombuffer(t, dtype=np.int32) for _, t, _ in rows]
         weights = [np.frombuffer(w, dtype=np.float32) for _, _, w in rows]
         lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
@@ -209,15 +168,7 @@ class M3SparseIndex(BM25Index):
         values = np.concatenate(weights) if indptr[-1] else np.zeros(0, dtype=np.float32)
         width = int(columns.max()) + 1 if len(columns) else 1
         matrix = scipy.sparse.csr_matrix((values, columns, indptr), shape=(len(rows), width))
-        return _Built(key, matrix, [chunk_id for chunk_id, _, _ in rows])
-
-    @staticmethod
-    def _load(path: Path, key: str) -> None:  # type: ignore[override]
-        return None  # built from the store in memory (a read, no model call): nothing saved to load
-
-    @staticmethod
-    def _save(built: _Built, parent: Path) -> None:
-        return None
+        return Built(key, matrix, [chunk_id for chunk_id, _, _ in rows])
 
 
 def _sparse_scores(model: Any, weights: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Metadata filters in Chroma's ``where`` syntax, checked before they reach an index.
 
 One filter goes to both arms of a hybrid retriever: Chroma evaluates it for the dense arm and
-``lexical.bm25.matches`` for the BM25 arm, so only the operators both understand are accepted:
+``metadata.matches`` for the BM25 arm, so only the operators both understand are accepted:
 the comparisons below, combined with ``$and`` / ``$or``. Checking here turns what would be a
 traceback from the first query (or, in BM25, from the first chunk it reads) into a one-line
 error at config time (``retriever.filter``) or call time (``invoke(..., filter=...)``).

@@ -94,13 +94,11 @@ class DenseArm(_Arm):
         return len(self.index.ids(self.where)) if self.where else self.index.count()
 
     def _corpus(self) -> _Snapshot:
-        """The snapshot, read again when the index's ``content_version`` moved since it was read
-        (every time, for an index that has none to give)."""
-        content_version = getattr(self.index, "content_version", None)
+        """The snapshot, read again when the index's ``content_version`` moved since it was read."""
         # asked before the read, so that a write landing during the read shows next time
-        version = content_version() if content_version is not None else None
+        version = self.index.content_version()
         snapshot = self._snapshot
-        if snapshot is None or version is None or snapshot.version != version:
+        if snapshot is None or snapshot.version != version:
             ids = sorted(self.index.ids(self.where))
             documents = {d.id: d for d in self.index.documents(ids)}
             snapshot = _Snapshot(ids, self.index.vectors(ids), documents, version)

@@ -25,31 +25,25 @@ is built.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import sqlite3
-import threading
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from langchain_core.documents import Document
 from pydantic import Field
 
-from ..errors import ConfigError, IndexMismatchError, first_line
-from ..metadata import matches, read_stored_metadata, stored_metadata_json
+from ..contracts import Filter
+from ..errors import ConfigError, first_line
+from ..metadata import read_stored_metadata
 from ..registry import register
 from ..stage_config import ConfigPath, StageConfig
-from .shared import batches, fingerprint_mismatch, fingerprint_text
-from .scores import normalized, similarity
+from .scores import normalized
+from .shared import TableVectorStore, VectorTable
 
 logger = logging.getLogger(__name__)
 
-CHUNKS_FILENAME = "chunks.sqlite"
 INDEX_FILENAME = "index.faiss"
 DEAD_FRACTION_REBUILD = 0.1
 RETRAIN_GROWTH = 10  # retrain an IVF/PQ index once the collection is this many times what it was trained on
@@ -91,224 +85,22 @@ def _import_faiss():
     return faiss
 
 
-class _ChunkTable:
-    """The chunks of one collection (SQLite; ``:memory:`` for an in-memory store)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # Readers on other threads (LangChain's ainvoke) share the connection under a lock.
-        self._connection = sqlite3.connect(str(path) if path else ":memory:", timeout=60, check_same_thread=False)
-        self._lock = threading.RLock()
-        with self._lock, self._connection as c:
-            if path is not None:
-                c.execute("PRAGMA journal_mode=WAL")
-            # AUTOINCREMENT: a replaced chunk gets a new FAISS id, never one a stale index still holds.
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS chunks (faiss_id INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
-                " text TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB NOT NULL)"
-            )
-            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
-
-    def close(self) -> None:
-        self._connection.close()
-
-    def meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._lock, self._connection as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def version(self) -> int:
-        return int(self.meta("version") or 0)
-
-    def count(self) -> int:
-        with self._lock:
-            return self._connection.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-
-    def faiss_ids(self, ids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        with self._lock:
-            for part in batches(list(ids), 500):
-                marks = ",".join("?" * len(part))
-                found.update(self._connection.execute(f"SELECT id, faiss_id FROM chunks WHERE id IN ({marks})", part))
-        return found
-
-    def upsert(self, rows: list[tuple[str, str, str, bytes]]) -> tuple[list[int], np.ndarray]:
-        """Write the rows in one transaction; returns the FAISS ids they replaced and their new ones."""
-        with self._lock, self._connection as c:
-            replaced = list(self.faiss_ids([r[0] for r in rows]).values())
-            new_ids = []
-            for row in rows:
-                c.execute("DELETE FROM chunks WHERE id = ?", (row[0],))
-                new_ids.append(c.execute("INSERT INTO chunks (id, text, metadata, vector) VALUES (?, ?, ?, ?)", row).lastrowid)
-            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
-        return replaced, np.asarray(new_ids, dtype=np.int64)
-
-    def delete(self, ids: Sequence[str]) -> list[int]:
-        with self._lock, self._connection as c:
-            removed = list(self.faiss_ids(ids).values())
-            c.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
-            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
-        return removed
-
-    def rows(self, columns: str, where_ids: Sequence[Any] | None = None, key: str = "id") -> list[tuple]:
-        with self._lock:
-            if where_ids is None:
-                return self._connection.execute(f"SELECT {columns} FROM chunks ORDER BY faiss_id").fetchall()
-            found = []
-            for part in batches(list(where_ids), 500):
-                marks = ",".join("?" * len(part))
-                found += self._connection.execute(f"SELECT {columns} FROM chunks WHERE {key} IN ({marks})", part).fetchall()
-            return found
-
-    def vector_pages(self, page: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(faiss ids, vectors) of every chunk, a page at a time (a large index never sits in RAM twice)."""
-        last = -1
-        while True:
-            with self._lock:
-                rows = self._connection.execute(
-                    "SELECT faiss_id, vector FROM chunks WHERE faiss_id > ? ORDER BY faiss_id LIMIT ?", (last, page)
-                ).fetchall()
-            if not rows:
-                return
-            yield np.asarray([r[0] for r in rows], dtype=np.int64), np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-            last = rows[-1][0]
-
-    def sample_vectors(self, size: int, seed: int = 0) -> np.ndarray:
-        with self._lock:
-            (total,) = self._connection.execute("SELECT COUNT(*) FROM chunks").fetchone()
-            ids = [r[0] for r in self._connection.execute("SELECT faiss_id FROM chunks").fetchall()]
-        chosen = np.random.default_rng(seed).choice(ids, size=min(size, total), replace=False) if total else []
-        rows = self.rows("vector", [int(i) for i in chosen], key="faiss_id")
-        return np.vstack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
-
-
-class FaissStore:
-    """A FAISS index plus its chunk table (a ``VectorIndex``); see the module docstring.
-
-    ``collection_name``, ``resolve_collection`` and ``change_token`` mean what they mean for
-    :class:`~rag_pipeline.vectorstores.chroma.ChromaStore`.
-    """
+class FaissStore(TableVectorStore):
+    """A FAISS index derived from its chunk table (a ``VectorIndex``); see the module docstring.
+    The table, the collections, the guard and the reads by id are :class:`TableVectorStore`'s;
+    this class keeps the FAISS index in step with the table and searches it."""
 
     def __init__(self, config: FaissStoreConfig, embeddings, collection_name: str | None = None):
-        self.config = config
-        self.embeddings = embeddings
         self.faiss = _import_faiss()
-        self._collection_name = collection_name
-        self.resolve_collection: Callable[[], str] | None = None
-        self.change_token: Callable[[], Any] | None = None
-        self._token: Any = None
-        self._writing = 0
-        self._writes = 0  # this store's own writes and collection switches (see content_version)
-        self._tables: dict[str, _ChunkTable] = {}
+        super().__init__(config, embeddings, collection_name)
         self._index = None  # the served collection's FAISS index, in step with _index_version
         self._index_version = -1
         self._exact = False  # the index is a flat stand-in until there are enough vectors to train on
         self._trained_on = 0  # how many vectors the collection held when the index was trained
-        self._checked = False
 
-    # -- where ---------------------------------------------------------------------------------------
-    @property
-    def collection_name(self) -> str:
-        if self._collection_name is None:
-            self._collection_name = self.resolve_collection() if self.resolve_collection else self.config.collection
-        return self._collection_name
-
-    def use_collection(self, name: str) -> None:
-        if name != self._collection_name:
-            self._writes += 1
-            self._collection_name = name
-            self._index, self._index_version, self._checked = None, -1, False
-
-    @property
-    def local_directory(self) -> Path | None:
-        return self.config.persist_directory
-
-    @property
-    def location(self) -> str | None:
-        return str(self.config.persist_directory) if self.config.persist_directory is not None else None
-
-    def folder(self, name: str) -> Path | None:
-        return self.config.persist_directory / name if self.config.persist_directory is not None else None
-
-    def _table(self, create: bool = False, name: str | None = None) -> _ChunkTable | None:
-        name = name or self.collection_name
-        table = self._tables.get(name)
-        if table is None:
-            folder = self.folder(name)
-            if folder is None:
-                if not create:
-                    return None
-            elif not create and not (folder / CHUNKS_FILENAME).is_file():
-                return None
-            table = self._tables[name] = _ChunkTable(folder / CHUNKS_FILENAME if folder is not None else None)
-        return table
-
-    def index_exists(self) -> bool:
-        return bool(self.collection_names())
-
-    def collection_names(self) -> set[str]:
-        if self.config.persist_directory is None:
-            return set(self._tables)
-        if not self.config.persist_directory.is_dir():
-            return set()
-        return {p.parent.name for p in self.config.persist_directory.glob(f"*/{CHUNKS_FILENAME}")}
-
-    def exists(self) -> bool:
-        return self.exists_named(self.collection_name)
-
-    def exists_named(self, name: str) -> bool:
-        return name in self.collection_names()
-
-    def drop_collection(self, name: str) -> None:
-        self._writes += 1  # a table made again later starts its version again
-        table = self._tables.pop(name, None)
-        if table is not None:
-            table.close()
-        folder = self.folder(name)
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        if name == self.collection_name:
-            self._index, self._index_version, self._checked = None, -1, False
-
-    def clear(self) -> None:
-        self.drop_collection(self.collection_name)
-
-    # -- the guard -------------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Refuse a collection built with another embedding setup or distance (as Chroma does)."""
-        table = self._table()
-        if table is None or self._checked:
-            return
-        stored_text = table.meta("fingerprint")
-        if stored_text is not None:
-            stored = json.loads(stored_text)
-            expected = self.embeddings.fingerprint(load_model=False)
-            mismatch = fingerprint_mismatch(self.config.collection, stored, expected)
-            if mismatch is not None:
-                raise mismatch
-        distance = table.meta("distance")
-        if distance is not None and distance != self.config.distance:
-            raise IndexMismatchError(
-                f"vectorstore.distance: collection {self.config.collection!r} was built with distance {distance!r}, "
-                f"the config says {self.config.distance!r}; set distance: {distance}, or run `rag-pipeline reindex "
-                "CONFIG` to rebuild the index with the new distance"
-            )
-        self._checked = True
-
-    def _writable_table(self) -> _ChunkTable:
-        table = self._table(create=True)
-        self.check()
-        if table.meta("fingerprint") is None:
-            table.set_meta("fingerprint", fingerprint_text(self.embeddings.fingerprint()))
-            table.set_meta("distance", self.config.distance)
-        return table
+    def _served_changed(self) -> None:
+        super()._served_changed()
+        self._index, self._index_version = None, -1
 
     # -- the FAISS index -------------------------------------------------------------------------------
     def _metric(self) -> int:
@@ -318,7 +110,7 @@ class FaissStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return normalized(vectors) if self.config.distance == "cosine" else vectors
 
-    def _new_index(self, dimension: int, table: _ChunkTable):
+    def _new_index(self, dimension: int, table: VectorTable):
         """An empty id-mapped index of the configured kind, trained if it needs training; a flat
         one (exact search) while the collection is too small to train on."""
         faiss = self.faiss
@@ -361,7 +153,7 @@ class FaissStore:
         if self.config.ef_search is not None and "HNSW" in self.config.index_factory:
             space.set_index_parameter(index, "efSearch", self.config.ef_search)
 
-    def _rebuild(self, table: _ChunkTable) -> None:
+    def _rebuild(self, table: VectorTable) -> None:
         version = table.version()
         index = None
         for faiss_ids, vectors in table.vector_pages():
@@ -370,7 +162,7 @@ class FaissStore:
             index.add_with_ids(self._prepare(vectors), faiss_ids)
         self._index, self._index_version = index, version
 
-    def _load_saved(self, table: _ChunkTable) -> bool:
+    def _load_saved(self, table: VectorTable) -> bool:
         """Serve the saved index if it was built with this index_factory (however old it is)."""
         folder = self.folder(self.collection_name)
         if folder is None or not (folder / INDEX_FILENAME).is_file():
@@ -384,7 +176,7 @@ class FaissStore:
         self._apply_search_settings(self.faiss.downcast_index(index.index))
         return True
 
-    def _current_index(self, table: _ChunkTable, for_writing: bool = False):
+    def _current_index(self, table: VectorTable, for_writing: bool = False):
         """The index to search or write. A writer's is in step with the table (rebuilt from it if
         need be: after a killed ingest, or a new index_factory). A reader takes the newest saved
         one and skips, at query time, chunks removed since it was saved."""
@@ -398,10 +190,10 @@ class FaissStore:
         self._rebuild(table)
         return self._index
 
-    def _saved_is_newer(self, table: _ChunkTable) -> bool:
+    def _saved_is_newer(self, table: VectorTable) -> bool:
         return int(table.meta("index_version") or -1) > self._index_version
 
-    def _save(self, table: _ChunkTable) -> None:
+    def _save(self, table: VectorTable) -> None:
         folder = self.folder(self.collection_name)
         if folder is None or self._index is None:
             return
@@ -413,29 +205,10 @@ class FaissStore:
         table.set_meta("index_trained_on", str(self._trained_on))
         table.set_meta("index_version", str(self._index_version))
 
-    # -- writes ----------------------------------------------------------------------------------------
-    @property
-    def max_batch_size(self) -> int:
-        return self.config.write_batch_size
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        """A write session: the index is kept in step with every write and, when the session ends,
-        trained (if it can be now), compacted (if many chunks were removed) and saved."""
-        self.refresh_if_changed()
-        # no model check here: a write session is also how reindex switches the served collection
-        # (built with the old model) to the new one; every write checks (_writable_table)
-        self._writing += 1
-        try:
-            yield
-        finally:
-            self._writing -= 1
-            if not self._writing:
-                self._finish_session()
-            if self.change_token is not None:
-                self._token = self.change_token()
-
-    def _finish_session(self) -> None:
+    # -- keeping the index in step with the table ---------------------------------------------------
+    def _session_ends(self, completed: bool) -> None:
+        """When a write session ends (however it ends), the index is trained (if it can be now),
+        compacted (if many chunks were removed) and saved."""
         table = self._table()
         if table is None:
             return
@@ -451,24 +224,9 @@ class FaissStore:
             self._rebuild(table)
         self._save(table)
 
-    def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        table = self._table()
-        return set(table.faiss_ids(ids)) if table is not None else set()
-
-    def upsert(self, chunks: Sequence[Document], vectors: np.ndarray) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError("one vector per chunk")
-        if not chunks:
-            return
-        table = self._writable_table()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    def _store_vectors(self, table: VectorTable, chunks: Sequence[Document], vectors: np.ndarray) -> None:
         index = self._current_index(table, for_writing=True) if table.count() else None
-        rows = [
-            (c.id, c.page_content, stored_metadata_json(c.metadata), v.tobytes())
-            for c, v in zip(chunks, vectors)
-        ]
-        replaced, new_ids = table.upsert(rows)
-        self._writes += 1
+        replaced, new_ids = table.upsert_vectors(chunks, vectors)
         if index is None:
             self._rebuild(table)
             return
@@ -476,13 +234,9 @@ class FaissStore:
         index.add_with_ids(self._prepare(vectors), new_ids)
         self._index_version = table.version()
 
-    def delete(self, ids: Sequence[str]) -> None:
-        table = self._table()
-        if table is None or not ids:
-            return
+    def _delete_rows(self, table: VectorTable, ids: list[str]) -> None:  # type: ignore[override]
         index = self._current_index(table, for_writing=True)
-        removed = table.delete(list(ids))
-        self._writes += 1
+        removed = table.delete(ids)
         if index is not None:
             self._remove_from_index(index, removed)
             self._index_version = table.version()
@@ -495,103 +249,23 @@ class FaissStore:
         except RuntimeError:
             pass  # HNSW cannot remove: the dead ids are skipped at query time and compacted later
 
-    # -- reads -----------------------------------------------------------------------------------------
-    def refresh_if_changed(self) -> bool:
-        """Serve the active collection (another process may have reindexed) and pick up the index
-        another process saved; the table itself is always read as it is now."""
-        if self.change_token is None or self._writing:
-            return False
-        token = self.change_token()
-        if token == self._token:
-            return False
-        self._token = token
-        if self.resolve_collection is not None:
-            self.use_collection(self.resolve_collection())
-        return True
-
-    def count(self) -> int:
-        table = self._table()
-        return table.count() if table is not None else 0
-
-    def content_version(self) -> Any:
-        """Something that changes whenever the served collection's chunks may have changed (see
-        :meth:`ChromaStore.content_version`): the table's version, which every write bumps in one
-        transaction with it and every process reads as it is now, and the collection served."""
-        self.refresh_if_changed()
-        table = self._table()
-        return (self.collection_name, self._writes, table.version() if table is not None else None)
-
-    def ids(self, where: dict[str, Any] | None = None) -> set[str]:
-        self.refresh_if_changed()
-        table = self._table()
-        if table is None:
-            return set()
-        if not where:
-            return {r[0] for r in table.rows("id")}
-        return {i for i, metadata in table.rows("id, metadata") if matches(read_stored_metadata(metadata), where)}
-
-    def stored_fingerprint(self) -> dict[str, Any] | None:
-        """The embedding fingerprint the served collection records (``rag-pipeline stats``)."""
-        table = self._table()
-        stored = table.meta("fingerprint") if table is not None else None
-        return json.loads(stored) if stored else None
-
-    def documents_in(self, collection: str, ids: Sequence[str]) -> list[Document]:
-        """The stored chunks of another physical collection, in ``ids`` order, read without the
-        model check (``reindex`` copies the texts added from code out of the collection it replaces)."""
-        table = self._table(name=collection)
-        found = {
-            i: Document(page_content=text, metadata=read_stored_metadata(metadata), id=i)
-            for i, text, metadata in (table.rows("id, text, metadata", ids) if table is not None else [])
-        }
-        return [found[i] for i in ids if i in found]
-
-    def documents(self, ids: Sequence[str]) -> list[Document]:
-        table = self._table()
-        found = {
-            i: Document(page_content=text, metadata=read_stored_metadata(metadata), id=i)
-            for i, text, metadata in (table.rows("id, text, metadata", ids) if table is not None else [])
-        }
-        return [found[i] for i in ids]
-
-    def vectors(self, ids: Sequence[str]) -> np.ndarray:
-        table = self._table()
-        rows = dict(table.rows("id, vector", ids)) if table is not None else {}
-        if not ids:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.vstack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
-
-    def similarity(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores as :meth:`search_batch` reports them (:func:`rag_pipeline.vectorstores.scores.similarity`)."""
-        return similarity(self.config.distance, queries, vectors)
-
+    # -- search ------------------------------------------------------------------------------------------
     def _score(self, raw: np.ndarray) -> np.ndarray:
         # FAISS's L2 metric gives squared distances; the others are already the similarity.
         return 1.0 - raw / 2.0 if self.config.distance == "l2" else raw
 
-    def search_batch(
-        self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None, *, with_text: bool = True
+    def _search_table(
+        self, table: VectorTable, queries: np.ndarray, k: int, where: Filter | None, with_text: bool
     ) -> list[list[Document]]:
-        """Top-k chunks per query vector, ``metadata['score']`` = similarity (as Chroma reports it)."""
-        if k <= 0:
-            raise ConfigError(f"retriever.k must be positive, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if len(queries) == 0:
-            return []
-        self.refresh_if_changed()
-        self.check()
-        table = self._table()
-        if table is None or table.count() == 0:
-            return [[] for _ in queries]
         if where:
-            allowed = self.ids(where)
+            allowed = table.ids(where)
             if len(allowed) <= EXACT_FILTER_LIMIT:
-                return self._exact_search(queries, k, sorted(allowed), with_text)
+                return self._exact_search(table, queries, k, sorted(allowed), with_text)
         index = self._current_index(table)
         dead = max(index.ntotal - table.count(), 0)  # removed (HNSW) or stale (another process's session)
         params = None
         if where:
-            faiss_ids = np.asarray(sorted(table.faiss_ids(sorted(allowed)).values()), dtype=np.int64)
+            faiss_ids = np.asarray(sorted(table.numbers(sorted(allowed)).values()), dtype=np.int64)
             params = self.faiss.SearchParameters(sel=self.faiss.IDSelectorBatch(faiss_ids))
         fetch = min(k * self.config.refine_factor + dead, max(index.ntotal, 1))
         raw, found = index.search(self._prepare(queries), fetch, params=params)
@@ -605,7 +279,7 @@ class FaissStore:
             )
         }
         scores = self._score(raw) if self.config.refine_factor == 1 else raw
-        batches = []
+        results = []
         for row_ids, row_scores in zip(found, scores):
             hits = []
             order = np.argsort(-row_scores, kind="stable") if self.config.refine_factor > 1 else range(len(row_ids))
@@ -616,10 +290,10 @@ class FaissStore:
                 hits.append(Document(page_content=text or "", metadata={**read_stored_metadata(metadata), "score": float(score)}, id=chunk_id))
                 if len(hits) == k:
                     break
-            batches.append(hits)
-        return batches
+            results.append(hits)
+        return results
 
-    def _exact_scores(self, table: _ChunkTable, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+    def _exact_scores(self, table: VectorTable, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
         """The similarity of each candidate to its query from the stored float32 vectors (-inf for none)."""
         wanted = sorted({int(f) for f in found.ravel() if f >= 0})
         stored = {f: np.frombuffer(v, dtype=np.float32) for f, v in table.rows("faiss_id, vector", wanted, key="faiss_id")}
@@ -631,22 +305,19 @@ class FaissStore:
                 scores[row, present] = self.similarity(query[None, :], vectors)[0]
         return scores
 
-    def _exact_search(self, queries: np.ndarray, k: int, ids: list[str], with_text: bool) -> list[list[Document]]:
+    def _exact_search(self, table: VectorTable, queries: np.ndarray, k: int, ids: list[str], with_text: bool) -> list[list[Document]]:
         if not ids:
             return [[] for _ in queries]
-        scores = self.similarity(queries, self.vectors(ids))
-        documents = self.documents(ids)
-        batches = []
+        scores = self.similarity(queries, table.vectors(ids))
+        documents = table.documents(ids)
+        results = []
         for row in scores:
             top = np.argsort(-row, kind="stable")[:k]
-            batches.append([
+            results.append([
                 Document(
-                    page_content=documents[j].page_content if with_text else "",
-                    metadata={**documents[j].metadata, "score": float(row[j])}, id=ids[j],
+                    page_content=documents[ids[j]].page_content if with_text else "",
+                    metadata={**documents[ids[j]].metadata, "score": float(row[j])}, id=ids[j],
                 )
                 for j in top
             ])
-        return batches
-
-    def search(self, query: str, k: int, where: dict[str, Any] | None = None) -> list[Document]:
-        return self.search_batch(np.asarray([self.embeddings.embed_query(query)]), k, where)[0]
+        return results

@@ -7,7 +7,8 @@ from langchain_core.documents import Document
 
 from rag_pipeline.config import load_config
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.lexical.bm25 import BUILT_FOLDER, BM25Config, BM25Index, matches
+from rag_pipeline.lexical.bm25 import BUILT_FOLDER, BM25Config, BM25Index
+from rag_pipeline.metadata import matches
 
 TEXTS = {
     "a": "Honey bees dance to tell the hive where the flowers are.",
