@@ -111,15 +111,17 @@ class BgeEmbeddings(Embeddings):
     @property
     def client(self):
         """The loaded ``SentenceTransformer`` (loaded once per process, on first use)."""
+        return self._loaded(
+            load_bi_encoder, max_seq_length=self.config.max_seq_length, show_progress=self.config.show_progress
+        )
+
+    def _loaded(self, load: Any, **settings: Any) -> Any:
+        """The model ``load`` gives for this config, loaded on the first ask (the loader shares
+        one per process between every caller that asks for the same)."""
         if self._model is None:
-            self._model = load_bi_encoder(
-                self.resolved,
-                self.precision,
-                identity=self.identity,
-                max_seq_length=self.config.max_seq_length,
-                trust_remote_code=self.config.trust_remote_code,
-                cache_folder=self._cache_folder,
-                show_progress=self.config.show_progress,
+            self._model = load(
+                self.resolved, self.precision, identity=self.identity,
+                trust_remote_code=self.config.trust_remote_code, cache_folder=self._cache_folder, **settings,
             )
         return self._model
 

@@ -97,17 +97,7 @@ class BgeM3Embeddings(BgeEmbeddings):
     @property
     def client(self):
         """The loaded ``BGEM3FlagModel`` (loaded once per process, on first use)."""
-        if self._model is None:
-            self._model = load_bge_m3(
-                self.resolved,
-                self.precision,
-                identity=self.identity,
-                max_seq_length=self.max_seq_length,
-                batch_size=self.config.batch_size,
-                trust_remote_code=self.config.trust_remote_code,
-                cache_folder=self._cache_folder,
-            )
-        return self._model
+        return self._loaded(load_bge_m3, max_seq_length=self.max_seq_length, batch_size=self.config.batch_size)
 
     @property
     def dimension(self) -> int:

@@ -91,15 +91,8 @@ def _source(resolved: ResolvedModel) -> tuple[str, str | None]:
 
 
 def load_bi_encoder(
-    resolved: ResolvedModel,
-    precision: Precision,
-    *,
-    identity: str,
-    max_seq_length: int | None = None,
-    trust_remote_code: bool = False,
-    cache_folder: str | None = None,
-    what: str = "embeddings.model",
-    show_progress: bool | None = None,
+    resolved: ResolvedModel, precision: Precision, *, max_seq_length: int | None = None, what: str = "embeddings.model",
+    **common: Any,
 ):
     """A ``SentenceTransformer`` in eval mode, shared with every caller that asks for the same.
 
@@ -114,21 +107,11 @@ def load_bi_encoder(
         model.eval()
         return model
 
-    return _load_shared(
-        "bi-encoder", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what,
-        show_progress=show_progress,
-    )
+    return _load_shared("bi-encoder", build, resolved, precision, length=max_seq_length, what=what, **common)
 
 
 def load_cross_encoder(
-    resolved: ResolvedModel,
-    precision: Precision,
-    *,
-    identity: str,
-    max_length: int,
-    trust_remote_code: bool = False,
-    cache_folder: str | None = None,
-    what: str = "reranker.model",
+    resolved: ResolvedModel, precision: Precision, *, max_length: int, what: str = "reranker.model", **common: Any
 ):
     """A sentence-transformers ``CrossEncoder``, shared like :func:`load_bi_encoder`."""
 
@@ -137,19 +120,12 @@ def load_cross_encoder(
 
         return CrossEncoder(source, max_length=max_length, **options)
 
-    return _load_shared("cross-encoder", build, resolved, precision, identity, max_length, trust_remote_code, cache_folder, what)
+    return _load_shared("cross-encoder", build, resolved, precision, length=max_length, what=what, **common)
 
 
 def load_bge_m3(
-    resolved: ResolvedModel,
-    precision: Precision,
-    *,
-    identity: str,
-    max_seq_length: int,
-    batch_size: int,
-    trust_remote_code: bool = False,
-    cache_folder: str | None = None,
-    what: str = "embeddings.model",
+    resolved: ResolvedModel, precision: Precision, *, max_seq_length: int, batch_size: int,
+    what: str = "embeddings.model", **common: Any,
 ):
     """FlagEmbedding's ``BGEM3FlagModel`` (dense, sparse and ColBERT outputs of one forward pass),
     shared like :func:`load_bi_encoder`. FlagEmbedding is imported here, on first use: it is the
@@ -167,14 +143,14 @@ def load_bge_m3(
             use_fp16=precision.dtype == "float16",
             use_bf16=precision.dtype == "bfloat16",
             devices=precision.device,
-            trust_remote_code=trust_remote_code,
-            cache_dir=cache_folder,
+            trust_remote_code=options["trust_remote_code"],
+            cache_dir=options["cache_folder"],
             batch_size=batch_size,
             query_max_length=max_seq_length,
             passage_max_length=max_seq_length,
         )
 
-    return _load_shared("bge-m3", build, resolved, precision, identity, max_seq_length, trust_remote_code, cache_folder, what)
+    return _load_shared("bge-m3", build, resolved, precision, length=max_seq_length, what=what, **common)
 
 
 def _load_shared(
@@ -182,11 +158,12 @@ def _load_shared(
     build: Callable[[str, dict[str, Any]], Any],
     resolved: ResolvedModel,
     precision: Precision,
+    *,
     identity: str,
     length: int | None,
-    trust_remote_code: bool,
-    cache_folder: str | None,
     what: str,
+    trust_remote_code: bool = False,
+    cache_folder: str | None = None,
     show_progress: bool | None = None,
 ):
     """One model per (kind, files, precision, length, options) in this process, loaded on first
