@@ -179,14 +179,8 @@ def _peak_rss_mb() -> float:
 
 
 def train_embedder(
-    data: str | Path,
-    base: str,
-    out: str | Path,
-    settings: TrainingSettings | None = None,
-    *,
-    loss: EmbedderLoss = "mnrl",
-    mini_batch_size: int = 16,
-    query_instruction: str | None = None,
+    data: str | Path, base: str, out: str | Path, settings: TrainingSettings | None = None, *,
+    loss: EmbedderLoss = "mnrl", mini_batch_size: int = 16, query_instruction: str | None = None,
     lora_rank: int | None = None,
 ) -> TrainingResult:
     """Contrastive fine-tuning with in-batch and hard negatives (MultipleNegativesRankingLoss,
@@ -229,14 +223,8 @@ def train_embedder(
 
 
 def train_reranker(
-    data: str | Path,
-    base: str,
-    out: str | Path,
-    settings: TrainingSettings | None = None,
-    *,
-    loss: RerankerLoss = "listwise",
-    head: RerankerHead = "auto",
-    in_batch_negatives: int = 4,
+    data: str | Path, base: str, out: str | Path, settings: TrainingSettings | None = None, *,
+    loss: RerankerLoss = "listwise", head: RerankerHead = "auto", in_batch_negatives: int = 4,
 ) -> TrainingResult:
     """A one-logit cross-encoder over (query, passage): from a cross-encoder, or from a
     bi-encoder's encoder weights (a new head on top). Queries go in without the embedder's
