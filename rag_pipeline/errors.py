@@ -63,3 +63,13 @@ def first_line(exc: BaseException, limit: int | None = 160) -> str:
 
 class IndexUnavailableError(RagPipelineError):
     """The index lives on a server that cannot be reached (down, wrong address, refused credentials)."""
+
+
+class ServiceBusy(RagPipelineError):
+    """A :class:`~rag_pipeline.service.RetrievalService` has as many requests waiting as it takes:
+    try again shortly (a server answers 429)."""
+
+
+class ServiceUnavailable(RagPipelineError):
+    """A :class:`~rag_pipeline.service.RetrievalService` cannot answer: not started, closing, or the
+    request waited longer than its timeout (a server answers 503)."""

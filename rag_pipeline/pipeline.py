@@ -16,6 +16,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from .config import PipelineConfig, as_config, read_sample_queries
+from .errors import ConfigError
 from .indexing.index import Index
 from .indexing.inventory import SourceInfo
 from .indexing.report import IngestReport, SyncPlan
@@ -83,6 +84,24 @@ class Pipeline:
                     self.index.attach(kind, self._stages[kind])
         return self._stages[kind]
 
+    def reader(self, stages: Mapping[str, Any] | None = None) -> "Pipeline":
+        """Another view of the index for another thread: the same loaded models, its own index views
+        (vector store, lexical index, record check). ``stages`` replaces built stages by kind (an
+        embedder that batches several threads' calls). An in-memory index has no second view."""
+        if self.state.record_path is None:
+            raise ConfigError(
+                "an in-memory index has no second view: give vectorstore.persist_directory (or a Chroma server) "
+                "to read it from several threads"
+            )
+        view = Pipeline(self.config)
+        replaced = dict(stages or {})
+        for kind in STAGE_KINDS:
+            if kind.name in replaced:
+                view._stages[kind.name] = replaced[kind.name]
+            elif not _reads_an_index(kind.name):
+                view._stages[kind.name] = self.stage(kind.name)
+        return view
+
     def _build_store(self, collection: str) -> Any:
         """A second vector index of the configured kind on another physical collection (reindex)."""
         store = lookup("vectorstore", self.config.vectorstore.type).builder(self.config.vectorstore, self.embeddings)
@@ -127,27 +146,19 @@ class Pipeline:
         return found
 
     def ingest(self, show_progress: bool | None = None, *, prune_api: bool = False) -> IngestReport:
-        """Bring the index in step with the sources: new files added, changed files' chunks
-        replaced, deleted files' chunks removed (``ingest.cleanup``). Unchanged files are skipped
-        unread, so running it twice adds nothing and costs little. Safe to kill at any point: the
-        next run finishes the job (see :mod:`rag_pipeline.indexing.sync`). One ingest at a time
-        per index folder; queries keep answering meanwhile. Documents added from code
-        (:meth:`add_documents`, :attr:`vectorstore`) are kept unless ``prune_api``.
-        """
+        """Bring the index in step with the sources (unchanged files skipped unread; safe to kill:
+        the next run finishes the job, :mod:`rag_pipeline.indexing.sync`). Documents added from
+        code are kept unless ``prune_api``."""
         self.preflight()
         return self.index.ingest(show_progress, prune_api=prune_api)
 
     def plan(self, *, prune_api: bool = False) -> SyncPlan:
-        """What ``ingest()`` would add, update and remove, by file (``ingest --dry-run``): reads
-        the record and the files' stat, checks the embedding setup; writes and loads nothing."""
+        """What ``ingest()`` would do, by file (``ingest --dry-run``); writes and loads nothing."""
         return self.index.plan(prune_api=prune_api)
 
     def reindex(self, show_progress: bool | None = None) -> IngestReport:
-        """Re-embed every source with the configured model into a new collection, then switch
-        ``vectorstore.collection`` to it in one step. The old collection keeps serving queries
-        until the new one is complete; a killed reindex leaves it in service (see
-        :mod:`rag_pipeline.indexing.generations`). Cached vectors of this model are not recomputed.
-        """
+        """Re-embed every source into a new collection, then switch to it in one step; the old one
+        serves until then (:mod:`rag_pipeline.indexing.generations`)."""
         self.preflight()
         return self.index.reindex(show_progress)
 
@@ -162,14 +173,9 @@ class Pipeline:
 
     # -- documents from code ---------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], source: str | None = None) -> IngestReport:
-        """Index documents given from code as one source, through the configured chunker,
-        embeddings and sinks, under the write lock and in ingest's crash-safe order.
-
-        The documents are the whole of ``source``: adding the same ones again writes nothing,
-        adding others replaces the source's chunks (unchanged chunks keep their ids and vectors).
-        Without ``source``, documents are grouped by ``metadata["source"]``. Recorded as added
-        from code: ``ingest`` keeps them; :meth:`delete` (or ``ingest --prune-api``) removes them.
-        """
+        """Index documents given from code as the whole of ``source`` (else grouped by
+        ``metadata["source"]``), through ingest's write path; adding the same ones again writes
+        nothing. ``ingest`` keeps them; :meth:`delete` removes them (``docs/documents.md``)."""
         return self.index.add_documents(documents, source)
 
     def delete(self, *, source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> int:
@@ -185,13 +191,11 @@ class Pipeline:
         return self.index.as_vectorstore()
 
     def as_document_index(self, k: int = 4) -> IndexedDocumentIndex:
-        """The index as LangChain's (beta) ``DocumentIndex``, over :meth:`as_vectorstore`."""
-        return self.index.as_document_index(k)
+        return self.index.as_document_index(k)  # LangChain's (beta) DocumentIndex
 
     # -- what the index holds ------------------------------------------------------------------------
     def sources(self) -> list[SourceInfo]:
-        """Every source (files and documents added from code), with origin, chunk count and when
-        it was last written (``rag-pipeline ls``)."""
+        """Every source with origin, chunk count and when it was last written (``rag-pipeline ls``)."""
         return self.index.sources()
 
     def stats(self) -> dict[str, Any]:
@@ -199,8 +203,7 @@ class Pipeline:
         return self.index.stats()
 
     def export(self, *, vectors: bool = False) -> Iterator[dict[str, Any]]:
-        """Every chunk as ``{"id", "content", "metadata", "source", "origin"}`` (and ``"vector"``),
-        read page by page (``rag-pipeline export``)."""
+        """Every chunk as ``{"id", "content", "metadata", "source", "origin"}`` (+ ``"vector"``)."""
         return self.index.export(vectors=vectors)
 
     # -- retrieval -----------------------------------------------------------------------------------
@@ -228,12 +231,17 @@ class Pipeline:
         """Raise ``IndexNotFoundError`` when a persistent index has not been ingested yet."""
         self.index.require()
 
-    def query(self, text: str, k: int | None = None) -> list[Document]:
+    def query(self, text: str, k: int | None = None) -> list[Document]:  # one call, one retriever
         return self.as_retriever(k).invoke(text)
 
     def sample_queries(self) -> list[str]:
         """The queries the config lists for ``rag-pipeline run`` (inline, or a .txt/.jsonl file)."""
         return read_sample_queries(self.config.sample_queries)
+
+
+def _reads_an_index(kind: str) -> bool:
+    """Whether a stage of ``kind`` is, or is built over, an index view (built anew per reader)."""
+    return KINDS[kind].indexes or any(_reads_an_index(needed) for needed in KINDS[kind].needs)
 
 
 def reading_stages(config: PipelineConfig) -> tuple[Any, Any]:

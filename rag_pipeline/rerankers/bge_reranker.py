@@ -138,13 +138,19 @@ class BgeReranker(BaseDocumentCompressor):
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Relevance of each passage to the query: raw logits, or sigmoid(logit) with ``normalize``."""
-        if not passages:
+        return self.score_pairs([(query, passage) for passage in passages])
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Relevance of each (query, passage) pair, the pairs of several queries in one ``predict``
+        call: what a service that batches concurrent requests scores at once. A pair's score is
+        the one :meth:`score` gives it alone (up to the float rounding of another batch shape)."""
+        if not pairs:
             return []
         import torch
 
         activation = torch.nn.Sigmoid() if self.config.normalize else torch.nn.Identity()
         scores = self.cross_encoder.predict(
-            [(query, passage) for passage in passages],
+            [(query, passage) for query, passage in pairs],
             batch_size=self.config.batch_size,
             activation_fn=activation,
             show_progress_bar=False,
@@ -155,7 +161,13 @@ class BgeReranker(BaseDocumentCompressor):
     def rank(self, query: str, documents: Sequence[Document]) -> list[Document]:
         """All ``documents``, best first by the cross-encoder, each with ``metadata['rerank_score']``
         beside the first stage's ``score`` (ties keep the first stage's order)."""
-        scores = self.score(query, [d.page_content for d in documents])
+        return self.ranked(documents, self.score(query, [d.page_content for d in documents]))
+
+    def ranked(self, documents: Sequence[Document], scores: Sequence[float]) -> list[Document]:
+        """``documents`` ordered by their cross-encoder ``scores`` (blended with the first stage's
+        when ``blend`` is set), each with ``metadata['rerank_score']``: :meth:`rank` once the
+        scores are known, for a caller that scored the pairs itself (:meth:`score_pairs`)."""
+        scores = list(scores)
         if self.config.blend > 0:
             scores = blend_scores([float(d.metadata.get("score", 0.0)) for d in documents], scores, self.config.blend)
         ranked = sorted(zip(documents, scores), key=lambda pair: pair[1], reverse=True)
