@@ -122,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
         "--max-documents", type=int, default=1000, metavar="N",
         help="the most documents one POST /documents may carry (default 1000)",
     )
+    serve.add_argument(
+        "--workers", type=int, default=4, metavar="N", help="queries answered at once (default 4)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, metavar="MS",
+        help="the longest a query's embedding waits for others to join its batch (default 2)",
+    )
+    serve.add_argument(
+        "--max-queue", type=int, default=64, metavar="N",
+        help="queries that may wait for a worker; more are answered 429 (default 64)",
+    )
+    serve.add_argument(
+        "--serial", action="store_true",
+        help="answer one request at a time, without batching (the old behaviour, for comparison)",
+    )
     ls = with_config(commands.add_parser("ls", help="list the index's sources: origin, chunk count, last written"))
     ls.add_argument("--json", action="store_true", help="print a JSON array of {source, origin, chunks, recorded_at}")
     stats = with_config(commands.add_parser("stats", help="collection, model, fingerprint, counts and sizes on disk"))
@@ -433,6 +448,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerSettings, create_app, is_loopback, run_server
         from .server.app import allowed_hosts_for
+        from .service import ServiceSettings
     except ModuleNotFoundError as exc:
         raise RagPipelineError(
             f"serve needs {exc.name}, which is not installed: pip install 'rag-pipeline[serve]'"
@@ -448,9 +464,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
             "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
         )
-    for flag, value in (("--max-k", args.max_k), ("--max-body-mb", args.max_body_mb), ("--max-documents", args.max_documents)):
+    for flag, value in (("--max-k", args.max_k), ("--max-body-mb", args.max_body_mb), ("--max-documents", args.max_documents),
+                        ("--workers", args.workers)):
         if value <= 0:
             raise RagPipelineError(f"{flag}: must be a positive whole number, got {value}")
+    if args.max_queue < 0:
+        raise RagPipelineError(f"--max-queue: must be a whole number, 0 or more, got {args.max_queue}")
+    if not args.batch_wait_ms >= 0:
+        raise RagPipelineError(f"--batch-wait-ms: must be a number of milliseconds, 0 or more, got {args.batch_wait_ms}")
     settings = ServerSettings(
         token=token,
         allowed_hosts=allowed_hosts_for(args.host, args.allowed_hosts),
@@ -458,7 +479,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_mb * 2**20,
         max_documents=args.max_documents,
     )
-    app = create_app(_pipeline(args), settings)
+    pipeline = _pipeline(args)
+    lock_wait = pipeline.config.ingest.lock_timeout
+    service_settings = ServiceSettings(
+        workers=args.workers, max_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, serial=args.serial,
+        **({"write_lock_wait_s": lock_wait} if isinstance(lock_wait, (int, float)) and lock_wait >= 0 else {}),
+    )
+    app = create_app(pipeline, settings, service_settings=service_settings)
     docs = "/openapi.json with the token" if token else "/docs"
     print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: {docs}; Ctrl-C stops)", file=sys.stderr)
     run_server(app, args.host, args.port, log_level="warning" if args.quiet else "info")

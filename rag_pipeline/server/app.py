@@ -5,6 +5,8 @@
     DELETE /documents   {"source": "..."} or {"ids": [...]}
     GET    /stats       collection, model, chunk count
     GET    /health      liveness (never needs the token)
+    GET    /ready       200 once the models are loaded and the index is open, else 503 (no token)
+    GET    /metrics     Prometheus text: the service's counters and histograms, and per endpoint
     GET    /            the search page
     /docs, /redoc, /openapi.json: FastAPI's OpenAPI docs; with a token, /openapi.json wants it and
     the two pages are off (a browser cannot send the token to them)
@@ -20,7 +22,13 @@ The boundary a server holds, whatever a client sends (:class:`ServerSettings`):
 
 Errors a user causes (``RagPipelineError``) answer with ``{"detail": "<the one-line message>"}``:
 409 when another writer holds the index (``IndexBusyError``), 503 when the index's server cannot be
-reached (``IndexUnavailableError``), 400 for the rest.
+reached (``IndexUnavailableError``), 429 with ``Retry-After: 1`` when the service's queue is full
+(``ServiceBusy``), 503 when the service is not started, closing or overloaded
+(``ServiceUnavailable``), 400 for the rest.
+
+Queries, writes and their batching run in a :class:`~rag_pipeline.service.RetrievalService`; the
+server applies its boundary checks, then calls it. Every request gets one access-log line
+(logger ``rag_pipeline.server.access``) with a request id, echoed in ``X-Request-ID``.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import threading
 import time
-from contextlib import contextmanager
+import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable, Iterator, Sequence
@@ -39,8 +49,10 @@ from typing import Any, Iterable, Iterator, Sequence
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder  # reports, dataclasses, paths -> JSON
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from langchain_core.documents import Document
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.datastructures import Headers
 
@@ -51,10 +63,12 @@ from ..errors import (
     IndexUnavailableError,
     QueryError,
     RagPipelineError,
+    ServiceBusy,
+    ServiceUnavailable,
 )
-from ..indexing.lock import index_lock
 from ..pipeline import Pipeline
 from ..retrieval.filters import filter_problem
+from ..service import RetrievalService, ServiceSettings
 
 # The metadata keys that explain a rank: the first stage's (fused, when hybrid) score, each arm's
 # score and rank, and the cross-encoder's score. A key a result lacks is left out.
@@ -70,7 +84,18 @@ ANY_HOST = "*"
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
 
 # Exceptions that mean something other than "the request was wrong" (RagPipelineError's 400).
-STATUS_OF_ERROR = ((IndexBusyError, 409), (IndexUnavailableError, 503))
+STATUS_OF_ERROR = (
+    (IndexBusyError, 409),
+    (IndexUnavailableError, 503),
+    (ServiceBusy, 429),
+    (ServiceUnavailable, 503),
+)
+HEADERS_OF_STATUS = {429: {"Retry-After": "1"}}
+
+access_log = logging.getLogger("rag_pipeline.server.access")
+
+# A client's X-Request-ID is kept when it is short and plain (it goes into the log line as it is).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def is_loopback(host: str) -> bool:
@@ -307,35 +332,49 @@ def refuse_invalid_text(fields: Iterable[tuple[str, Any]], error: type[RagPipeli
 
 
 class PipelineService:
-    """The one pipeline a server holds: models loaded at start, calls one at a time.
+    """The server's adapter over a :class:`~rag_pipeline.service.RetrievalService`: it applies the
+    server's checks (``max_k``, filter narrowing, ``max_documents``, text that is not Unicode),
+    then calls the service, which answers queries concurrently (batching their embeddings) and
+    runs writes beside them (see :mod:`rag_pipeline.service`).
 
-    One at a time because the pipeline's index views (Chroma's client, the record check that follows
-    other processes' writes) are not made for concurrent use; a query takes milliseconds, so a lock
-    costs little next to a second copy of the model. A write waits for the index's write lock
-    (another process's ingest) before it takes this one, so queries never wait behind that wait.
+    The service is started by :meth:`warm_up` (``create_app`` calls it unless ``warm_up=False``),
+    else at the first request that needs it; :meth:`close` drains what it has taken, then stops.
     """
 
-    def __init__(self, pipeline: Pipeline, settings: ServerSettings | None = None):
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings | None = None, service_settings: ServiceSettings | None = None):
         self.pipeline = pipeline
         self.settings = settings or ServerSettings()
-        self._lock = threading.Lock()
-        self._retriever: Any = None
+        if service_settings is None:
+            # a write waits for another process's ingest as long as the config says (ingest.lock_timeout)
+            wait = getattr(pipeline.config.ingest, "lock_timeout", None)
+            service_settings = ServiceSettings(write_lock_wait_s=wait) if isinstance(wait, (int, float)) and wait >= 0 else ServiceSettings()
+        self.service = RetrievalService(pipeline, service_settings)
+        self._starting = threading.Lock()
+        self._started_service = False
         self.started = time.time()
 
     def warm_up(self) -> None:
-        """Refuse now, not at the first request, when there is no index; load every model."""
-        with self._lock:
-            self.retriever()
-            self.pipeline.embeddings.warm_up()
-            if self.pipeline.reranker is not None:
-                self.pipeline.reranker.warm_up()
-            self.pipeline.embeddings.embed_query("warm up")  # the first encode pays one-off costs
+        """Refuse now, not at the first request, when there is no index; load every model and
+        start the service's threads."""
+        self.running()
 
-    def retriever(self) -> Any:
-        # one retriever for every request: k and filter are per call, so nothing is kept per k
-        if self._retriever is None:
-            self._retriever = self.pipeline.as_retriever()
-        return self._retriever
+    def running(self) -> RetrievalService:
+        """The service, started (once) if it was not yet."""
+        if not self._started_service:
+            with self._starting:
+                if not self._started_service:
+                    self.service.start()
+                    self._started_service = True
+        return self.service
+
+    def close(self) -> None:
+        """Finish the requests the service took, then stop it (the server's shutdown)."""
+        with self._starting:
+            self.service.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.service.ready
 
     def result_count(self, k: int | None) -> int | None:
         """The request's ``k`` (None: the config's), refused above ``max_k``: a large k makes the
@@ -363,16 +402,9 @@ class PipelineService:
     def query(self, request: QueryRequest) -> QueryResponse:
         started = time.perf_counter()
         refuse_invalid_text([("query", request.query), ("filter", request.filter)], QueryError)
-        per_call: dict[str, Any] = {}
         k = self.result_count(request.k)
-        if k is not None:
-            per_call["k"] = k
         where = self.narrowed_filter(request.filter)
-        if where is not None:
-            per_call["filter"] = where
-        with self._lock:
-            # the per-call settings of the retriever's RunnableConfig (rag_pipeline.retrieval)
-            documents = self.retriever().invoke(request.query, config={"configurable": per_call})
+        documents = self.running().query(request.query, k=k, filter=where)
         reranked = any("rerank_score" in d.metadata for d in documents)
         return QueryResponse(
             query=request.query,
@@ -381,17 +413,6 @@ class PipelineService:
             took_ms=round(1000 * (time.perf_counter() - started), 2),
             results=[result_item(rank, d) for rank, d in enumerate(documents, start=1)],
         )
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        # The index's write lock first (it may wait up to ingest.lock_timeout for an ingest in another
-        # process), then this server's: queries keep answering during that wait. Reentrant: the
-        # pipeline's own write, on this thread, takes the index lock again.
-        state = self.pipeline.state
-        state.ensure_directory()
-        with index_lock(state.lock_path, self.pipeline.config.ingest.lock_timeout, reentrant=True):
-            with self._lock:
-                yield
 
     def add_documents(self, request: AddDocumentsRequest) -> Any:
         limit = self.settings.max_documents
@@ -410,32 +431,32 @@ class PipelineService:
             ]
         refuse_invalid_text(fields, DocumentError)
         documents = [Document(page_content=d.content, metadata=d.metadata, id=d.id) for d in request.documents]
-        with self._writing():
-            return jsonable_encoder(self.pipeline.add_documents(documents, source=request.source))
+        return jsonable_encoder(self.running().add_documents(documents, source=request.source))
 
     def delete_documents(self, request: DeleteDocumentsRequest) -> Any:
         if (request.source is None) == (request.ids is None):
             raise HTTPException(400, "give exactly one of `source` or `ids`")
         refuse_invalid_text([("source", request.source), ("ids", request.ids)], DocumentError)
         chosen = {"source": request.source} if request.source is not None else {"ids": request.ids}
-        with self._writing():
-            return jsonable_encoder(self.pipeline.delete(**chosen))
+        return jsonable_encoder(self.running().delete(**chosen))
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            pipeline = self.pipeline
-            store = pipeline.store
-            reranker = pipeline.config.reranker
-            return {
-                "name": pipeline.config.name,
-                "collection": store.config.collection,
-                "physical_collection": store.collection_name,
-                "chunks": store.count(),
-                "embeddings_model": str(pipeline.config.embeddings.model),
-                "reranker_model": str(reranker.model) if reranker is not None else None,
-                "retriever": pipeline.config.retriever.type,
-                "index": jsonable_encoder(pipeline.stats()),  # sizes, fingerprint, sources
-            }
+        pipeline = self.pipeline
+        index = jsonable_encoder(self.running().index_stats())  # read on a reader's view: a committed state
+        reranker = pipeline.config.reranker
+        chunks = index.get("chunks") if isinstance(index, dict) else None
+        if not isinstance(chunks, int):
+            chunks = self.service.stats()["index_chunks"]
+        return {
+            "name": pipeline.config.name,
+            "collection": pipeline.config.vectorstore.collection,
+            "physical_collection": pipeline.store.collection_name,
+            "chunks": chunks,
+            "embeddings_model": str(pipeline.config.embeddings.model),
+            "reranker_model": str(reranker.model) if reranker is not None else None,
+            "retriever": pipeline.config.retriever.type,
+            "index": index,  # sizes, fingerprint, sources
+        }
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
@@ -453,7 +474,7 @@ class SafeJSONResponse(JSONResponse):
 
 
 def _refusal(status: int, message: str) -> SafeJSONResponse:
-    return SafeJSONResponse(status_code=status, content={"detail": message})
+    return SafeJSONResponse(status_code=status, content={"detail": message}, headers=HEADERS_OF_STATUS.get(status))
 
 
 class HostCheck:
@@ -525,16 +546,162 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class AccessLog:
+    """One line per request on the ``rag_pipeline.server.access`` logger (method, path, status,
+    duration, request id), the server's per-endpoint counter and latency histogram, and the request
+    id echoed in ``X-Request-ID``: the client's when it sent a plain one, else a new one."""
+
+    def __init__(self, app: Any, metrics: "ServerMetrics"):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given if given is not None and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what the client gets when the app fails before it answers
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            method, path = scope.get("method", "?"), scope.get("path", "?")
+            self.metrics.observe(method, path, status, seconds)
+            access_log.info(
+                "%s %s %d %.1fms request_id=%s", method, ascii(path)[1:-1], status, 1000 * seconds, request_id,
+                extra={"method": method, "path": path, "status": status, "duration_ms": round(1000 * seconds, 2),
+                       "request_id": request_id},
+            )
+
+
+class ServerMetrics:
+    """``/metrics``: the server's per-endpoint requests and latency, and the service's own
+    counters (:meth:`RetrievalService.stats`) read at each scrape, in one registry per app."""
+
+    ENDPOINTS = frozenset({"/", "/query", "/documents", "/stats", "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc"})
+
+    def __init__(self, service: RetrievalService):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rag_http_requests", "HTTP requests answered, by method, endpoint and status.",
+            ["method", "endpoint", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rag_http_request_duration_seconds", "Time to answer an HTTP request, by method and endpoint.",
+            ["method", "endpoint"], registry=self.registry,
+        )
+        self.registry.register(ServiceCollector(service))
+
+    def endpoint(self, path: str) -> str:
+        return path if path in self.ENDPOINTS else "other"  # a bounded set of label values
+
+    def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        endpoint = self.endpoint(path)
+        method = method if method in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS") else "other"
+        self.requests.labels(method, endpoint, str(status)).inc()
+        self.latency.labels(method, endpoint).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class ServiceCollector:
+    """A ``prometheus_client`` collector over :meth:`RetrievalService.stats`, read at each scrape."""
+
+    def __init__(self, service: RetrievalService):
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []  # names are only known by collecting; nothing to check against at registration
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.service.stats()
+        requests = CounterMetricFamily(
+            "rag_service_requests", "Service requests by kind (query, add, delete) and outcome.", labels=["kind", "outcome"]
+        )
+        for kind, outcomes in stats["requests"].items():
+            for outcome, count in outcomes.items():
+                requests.add_metric([kind, outcome], count)
+        yield requests
+        errors = CounterMetricFamily(
+            "rag_service_errors", "Service requests that failed, by kind and error type.", labels=["kind", "type"]
+        )
+        for kind, types in stats["errors"].items():
+            for name, count in types.items():
+                errors.add_metric([kind, name], count)
+        yield errors
+        latency = HistogramMetricFamily(
+            "rag_service_latency_seconds", "Time a service request took, from admission to answer.", labels=["kind"]
+        )
+        for kind, snapshot in stats["latency_seconds"].items():
+            latency.add_metric([kind], [(_le(b), c) for b, c in snapshot["buckets"]], snapshot["sum"])
+        yield latency
+        batches = HistogramMetricFamily(
+            "rag_service_batch_size", "Queries (or reranker pairs) computed in one forward pass.", labels=["stage"]
+        )
+        for stage, snapshot in stats["batch_sizes"].items():
+            batches.add_metric([stage], [(_le(b), c) for b, c in snapshot["buckets"]], snapshot["sum"])
+        yield batches
+        gauges = (
+            ("rag_service_ready", "1 when the models are loaded and the index is open.", int(bool(stats["ready"]))),
+            ("rag_service_workers", "Threads answering queries.", stats["workers"]),
+            ("rag_service_queries_in_flight", "Queries admitted and not yet answered.", stats["queries_in_flight"]),
+            ("rag_service_queue_depth", "Queries waiting for a worker.", stats["queries_queued"]),
+            ("rag_service_writes_in_flight", "Writes admitted and not yet committed.", stats["writes_in_flight"]),
+            ("rag_service_writes_queued", "Writes waiting behind the one being written.", stats["writes_queued"]),
+            ("rag_service_index_chunks", "Chunks in the index as of the last commit.", stats["index_chunks"]),
+        )
+        for name, documentation, value in gauges:
+            if value is not None:
+                yield GaugeMetricFamily(name, documentation, value=value)
+
+
 def _page() -> str:
     return resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(pipeline: Pipeline, settings: ServerSettings | None = None, *, warm_up: bool = True) -> FastAPI:
-    """The FastAPI app over ``pipeline`` (its models are loaded here unless ``warm_up=False``)."""
+def create_app(
+    pipeline: Pipeline,
+    settings: ServerSettings | None = None,
+    *,
+    warm_up: bool = True,
+    service_settings: ServiceSettings | None = None,
+) -> FastAPI:
+    """The FastAPI app over ``pipeline``, its queries and writes run by a
+    :class:`~rag_pipeline.service.RetrievalService` (``service_settings``: workers, batching,
+    queue; by default ``ServiceSettings()`` with the config's ``ingest.lock_timeout`` as the
+    write's lock wait). The service starts here (models loaded, index opened) unless
+    ``warm_up=False``, then at the first request that needs it; the app's shutdown closes it,
+    finishing the requests it took."""
     settings = settings or ServerSettings()
-    service = PipelineService(pipeline, settings)
+    service = PipelineService(pipeline, settings, service_settings)
     if warm_up:
         service.warm_up()
+    metrics = ServerMetrics(service.service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        import anyio
+
+        await anyio.to_thread.run_sync(service.close)  # drains in-flight work (uvicorn: on SIGTERM too)
 
     def authorised(request: Request) -> None:
         if settings.token is None:
@@ -552,11 +719,15 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None, *, wa
         docs_url="/docs" if docs_open else None,
         redoc_url="/redoc" if docs_open else None,
         openapi_url="/openapi.json" if docs_open else None,
+        lifespan=lifespan,
     )
     app.state.service = service
-    # the outermost (last added) runs first: a foreign Host is refused before its body is read
+    app.state.metrics = metrics
+    # the outermost (last added) runs first: a foreign Host is refused before its body is read,
+    # and every request, refused or not, gets its access-log line and request id
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HostCheck, allowed=AllowedHosts(settings.allowed_hosts))
+    app.add_middleware(AccessLog, metrics=metrics)
 
     @app.exception_handler(RagPipelineError)
     async def user_error(request: Request, exc: RagPipelineError) -> JSONResponse:
@@ -583,6 +754,17 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None, *, wa
     @app.get("/health")
     def health() -> dict[str, Any]:
         return service.health()
+
+    @app.get("/ready")
+    def ready() -> Any:
+        if service.ready:
+            return {"status": "ready"}
+        return _refusal(503, "not ready: the models are loading, or the server is shutting down")
+
+    @app.get("/metrics", dependencies=guarded, include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, media_type = metrics.render()
+        return Response(content=body, media_type=media_type)
 
     @app.post("/query", response_model=QueryResponse, dependencies=guarded)
     def query(request: QueryRequest) -> QueryResponse:

@@ -55,7 +55,7 @@ class Server:
 LOOPBACK_BASE_URL = "http://127.0.0.1"
 
 
-def http_client(pipeline: Pipeline, settings: Any = None, *, warm_up: bool = True):
+def http_client(pipeline: Pipeline, settings: Any = None, *, warm_up: bool = True, service_settings: Any = None):
     """FastAPI's ``TestClient`` over ``create_app(pipeline, settings)``, in this process, sending
     ``Host: 127.0.0.1`` as a loopback client does (its default, ``testserver``, is not a loopback
     name, and the server's Host check refuses it)."""
@@ -63,7 +63,8 @@ def http_client(pipeline: Pipeline, settings: Any = None, *, warm_up: bool = Tru
 
     from rag_pipeline.server import create_app
 
-    return TestClient(create_app(pipeline, settings, warm_up=warm_up), base_url=LOOPBACK_BASE_URL)
+    app = create_app(pipeline, settings, warm_up=warm_up, service_settings=service_settings)
+    return TestClient(app, base_url=LOOPBACK_BASE_URL)
 
 
 @contextmanager

@@ -234,18 +234,20 @@ def test_the_cli_sets_max_k(index_config, tmp_path, capsys, started):
 def test_one_retriever_serves_every_k(index_config, monkeypatch):
     pipe = Pipeline.from_config(index_config)
     built = []
-    as_retriever = pipe.as_retriever
+    as_retriever = Pipeline.as_retriever
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         built.append(kwargs.get("k", args[0] if args else None))
-        return as_retriever(*args, **kwargs)
+        return as_retriever(self, *args, **kwargs)
 
-    monkeypatch.setattr(pipe, "as_retriever", counted)
+    # the service's readers build theirs on their own views of the index: counted on the class
+    monkeypatch.setattr(Pipeline, "as_retriever", counted)
     client = http_client(pipe)
+    at_start = len(built)
     for k in range(1, 7):
         reply = client.post("/query", json={"query": QUERY, "k": k})
         assert len(reply.json()["results"]) == k
-    assert len(built) == 1  # not one more per distinct k
+    assert len(built) == at_start  # not one more per distinct k
 
 
 def test_the_reranker_never_scores_more_than_max_k_or_fetch_k(index_config, tiny_reranker_dir, monkeypatch):
@@ -253,13 +255,19 @@ def test_the_reranker_never_scores_more_than_max_k_or_fetch_k(index_config, tiny
     pipe = Pipeline.from_config(config)
     client = http_client(pipe, ServerSettings(max_k=4))
     scored = []
-    rank = type(pipe.reranker).rank
+    rank, ranked = type(pipe.reranker).rank, type(pipe.reranker).ranked
 
     def counted(self, query, candidates, *args, **kwargs):
         scored.append(len(candidates))
         return rank(self, query, candidates, *args, **kwargs)
 
-    monkeypatch.setattr(type(pipe.reranker), "rank", counted)  # the reranker is a pydantic model: patched on its class
+    def counted_ranked(self, candidates, *args, **kwargs):  # the service's batching reranker ranks with this
+        scored.append(len(candidates))
+        return ranked(self, candidates, *args, **kwargs)
+
+    # the reranker is a pydantic model: patched on its class
+    monkeypatch.setattr(type(pipe.reranker), "rank", counted)
+    monkeypatch.setattr(type(pipe.reranker), "ranked", counted_ranked)
     assert client.post("/query", json={"query": QUERY, "k": 4}).status_code == 200
     assert client.post("/query", json={"query": QUERY, "k": 10**9}).status_code == 400
     assert scored and max(scored) <= max(config["retriever"]["fetch_k"], 4)
