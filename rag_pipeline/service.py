@@ -625,21 +625,25 @@ class RetrievalService:
                     ))
                     continue
                 self._follow_other_processes()
-                with self._state:
-                    self._queries_searching += 1
-                try:
-                    with self._reading():
-                        result = job.run(reader)
-                except BaseException as exc:
-                    job.future.set_exception(exc)
-                else:
-                    job.future.set_result(result)
-                finally:
-                    with self._state:
-                        self._queries_searching -= 1
+                with self._reading():
+                    self._run(job, reader, "_queries_searching")
             finally:
                 with self._state:
                     self._queries_in_flight -= 1
+
+    def _run(self, job: "_Job", view: Pipeline, running: str) -> None:
+        """Run ``job`` on ``view``, its answer or error into its future, counted in ``running``."""
+        with self._state:
+            setattr(self, running, getattr(self, running) + 1)
+        try:
+            result = job.run(view)
+        except BaseException as exc:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
+        finally:
+            with self._state:
+                setattr(self, running, getattr(self, running) - 1)
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -698,17 +702,7 @@ class RetrievalService:
                         f"waited over {self.settings.request_timeout_s:g}s behind other writes; nothing was written, try again"
                     ))
                     continue
-                with self._state:
-                    self._writes_running += 1
-                try:
-                    result = job.run(self._writer)
-                except BaseException as exc:
-                    job.future.set_exception(exc)
-                else:
-                    job.future.set_result(result)
-                finally:
-                    with self._state:
-                        self._writes_running -= 1
+                self._run(job, self._writer, "_writes_running")
             finally:
                 with self._state:
                     self._writes_in_flight -= 1

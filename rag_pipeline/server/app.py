@@ -622,6 +622,15 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+
+def _counter_by_kind(name: str, documentation: str, label: str, counts: dict[str, dict[str, int]]) -> Any:
+    """A counter family labelled by request kind and ``label``, from ``{kind: {value: count}}``."""
+    family = CounterMetricFamily(name, documentation, labels=["kind", label])
+    for kind, by_value in counts.items():
+        for value, count in by_value.items():
+            family.add_metric([kind, value], count)
+    return family
+
 class ServiceCollector:
     """A ``prometheus_client`` collector over :meth:`RetrievalService.stats`, read at each scrape."""
 
@@ -633,20 +642,12 @@ class ServiceCollector:
 
     def collect(self) -> Iterator[Any]:
         stats = self.service.stats()
-        requests = CounterMetricFamily(
-            "rag_service_requests", "Service requests by kind (query, add, delete) and outcome.", labels=["kind", "outcome"]
+        yield _counter_by_kind(
+            "rag_service_requests", "Service requests by kind (query, add, delete) and outcome.", "outcome", stats["requests"]
         )
-        for kind, outcomes in stats["requests"].items():
-            for outcome, count in outcomes.items():
-                requests.add_metric([kind, outcome], count)
-        yield requests
-        errors = CounterMetricFamily(
-            "rag_service_errors", "Service requests that failed, by kind and error type.", labels=["kind", "type"]
+        yield _counter_by_kind(
+            "rag_service_errors", "Service requests that failed, by kind and error type.", "type", stats["errors"]
         )
-        for kind, types in stats["errors"].items():
-            for name, count in types.items():
-                errors.add_metric([kind, name], count)
-        yield errors
         latency = HistogramMetricFamily(
             "rag_service_latency_seconds", "Time a service request took, from admission to answer.", labels=["kind"]
         )
