@@ -5,6 +5,8 @@ commits and then wholly visible, and the limits refuse at once rather than queue
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import random
 import threading
 import time
@@ -14,7 +16,6 @@ from contextlib import contextmanager
 import pytest
 from conftest import MINILM, pipeline_config
 from langchain_core.documents import Document
-from warm_processes import run_python
 
 from rag_pipeline import IndexBusyError, Pipeline
 from rag_pipeline.errors import ConfigError, ServiceBusy, ServiceUnavailable
@@ -432,7 +433,10 @@ def test_every_reader_catches_up_with_another_processs_commit(small_index):
     config = small_index.config.model_dump(mode="json")
     with RetrievalService(small_index, ServiceSettings(workers=3)) as service:
         assert service.query("emperor penguins huddle", k=50, filter={"source": "notes/penguins"}) == []
-        child = run_python(ADD_IN_ANOTHER_PROCESS, json.dumps(config), json.dumps([d.page_content for d in NOTES]), check=True)
+        child = subprocess.run(
+            [sys.executable, "-c", ADD_IN_ANOTHER_PROCESS, json.dumps(config), json.dumps([d.page_content for d in NOTES])],
+            capture_output=True, text=True, timeout=300, check=True,
+        )
         added = int(child.stdout.strip().splitlines()[-1])
         with watching(service, threads=6) as (seen, failures):
             time.sleep(0.5)
