@@ -109,8 +109,9 @@ class WriteSession:
         return unique
 
     def keep_only(self, wanted: set[str]) -> int:
-        """Delete from every sink the chunks not in ``wanted`` (an unrecorded collection's corpus
-        changed: another subset, another chunker setting); how many deletions."""
+        """Delete from every sink the chunks not in ``wanted``: what the record does not list
+        (ingest's sweep after a crash), or what an unrecorded collection's corpus no longer holds
+        (another subset, another chunker setting); how many deletions."""
         removed = 0
         for sink in self.sinks:
             stale = sorted(sink.ids() - wanted) if sink.exists() else []
@@ -118,7 +119,7 @@ class WriteSession:
                 self.mark_dirty()
                 sink.delete(stale)
                 removed += len(stale)
-                logger.info("removed %d chunks that are not part of this corpus from the %s index", len(stale), sink.name)
+                logger.info("removed %d chunks that are not wanted any more from the %s index", len(stale), sink.name)
         return removed
 
     def write_missing(self, chunks: Sequence[Document], report: IngestReport, *, show_progress: bool = False) -> int:

@@ -495,11 +495,4 @@ class Indexer:
     def _sweep(self, report: IngestReport) -> None:
         """Delete what a sink holds and the record does not list: chunks upserted before a kill and
         not recorded, old chunks not yet deleted, anything written around ingest."""
-        recorded = self.record.chunk_ids(self.collection)
-        for sink in self.sinks:
-            orphans = sink.ids() - recorded if sink.exists() else set()
-            if orphans:
-                self.session.mark_dirty()
-                sink.delete(sorted(orphans))
-                report.deleted += len(orphans)
-                logger.info("removed %d chunks the record does not list from the %s index", len(orphans), sink.name)
+        report.deleted += self.session.keep_only(self.record.chunk_ids(self.collection))
