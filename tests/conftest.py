@@ -62,6 +62,23 @@ def tiny_bge_m3_dir(tmp_path_factory) -> Path:
     return build_tiny_bge_m3(tmp_path_factory.mktemp("models") / "bge-m3-tiny")
 
 
+QUICKSTART_OVERRIDES = {"loader.show_progress": False, "embeddings.show_progress": False}
+
+
+@pytest.fixture(scope="session")
+def quickstart_index(repo_root, tmp_path_factory):
+    """``configs/quickstart.yaml`` (the real all-MiniLM-L6-v2 over the sample corpus) ingested once
+    for the session: ``(index folder, report of that first ingest)``. Open it with
+    ``Pipeline.from_yaml(..., overrides={**QUICKSTART_OVERRIDES, "vectorstore.persist_directory": ...})``;
+    a test that writes to it works on a copy of the folder."""
+    from rag_pipeline import Pipeline
+
+    index = tmp_path_factory.mktemp("quickstart-index")
+    overrides = {**QUICKSTART_OVERRIDES, "vectorstore.persist_directory": str(index)}
+    report = Pipeline.from_yaml(repo_root / "configs" / "quickstart.yaml", overrides=overrides).ingest()
+    return index, report
+
+
 def pipeline_config(corpus: Path, index: Path | None, model: str, **sections) -> dict:
     """A small pipeline config dict for tests; keyword sections replace the defaults."""
     config = {

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ def test_run_ingests_and_answers_every_sample_query(quickstart_args, repo_root, 
     assert "added" in out.splitlines()[0]
 
 
-def test_query_json_output(quickstart_args, capsys):
+def test_query_json_output(quickstart_args, quickstart_index, tmp_path, capsys):
+    shutil.copytree(quickstart_index[0], tmp_path / "idx")  # the sample corpus, embedded once for the session
     assert main(["ingest", *quickstart_args]) == 0
     capsys.readouterr()
     assert main(["query", *quickstart_args, "how many bars of pressure for espresso?", "--k", "2", "--json"]) == 0

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tomllib
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 from conftest import pipeline_config
 from model_factory import REPO
+from warm_processes import run_cli
 
 
 def _readme_plugin() -> tuple[dict, str]:
@@ -46,10 +46,9 @@ def install_plugin(site, pyproject: dict, files: dict[str, str]):
 
 
 def cli(site, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rag_pipeline.cli", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(site)])},
+    """``rag-pipeline ARGS`` in another process (a warm one: see warm_processes) with ``site`` on its PYTHONPATH."""
+    return run_cli(
+        args, cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(site)])}
     )
 
 

@@ -7,21 +7,19 @@ import pytest
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda
 
+from conftest import QUICKSTART_OVERRIDES
 from rag_pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
-def quickstart(repo_root, tmp_path_factory):
-    index = tmp_path_factory.mktemp("quickstart-index")
+def quickstart(repo_root, quickstart_index):
+    """The quickstart pipeline over its index, and the report of the ingest that built it (once for
+    the session: conftest.quickstart_index)."""
+    index, report = quickstart_index
     pipe = Pipeline.from_yaml(
         repo_root / "configs" / "quickstart.yaml",
-        overrides={
-            "vectorstore.persist_directory": str(index),
-            "loader.show_progress": False,
-            "embeddings.show_progress": False,
-        },
+        overrides={**QUICKSTART_OVERRIDES, "vectorstore.persist_directory": str(index)},
     )
-    report = pipe.ingest()
     return pipe, report
 
 

@@ -16,6 +16,7 @@ from typing import Iterator
 import yaml
 
 from conftest import pipeline_config
+from warm_processes import WarmChild, run_cli, start_cli
 from rag_pipeline import Pipeline
 from rag_pipeline.indexing import IndexRecord
 
@@ -66,17 +67,26 @@ def write_config(config: dict, path: Path) -> Path:
     return path
 
 
+def cli_args(config_path: Path, *args: str) -> list[str]:
+    """``rag-pipeline ARGS CONFIG -q`` as the arguments of :func:`warm_processes.run_cli`."""
+    return [*args, str(config_path), "-q"]
+
+
 def cli_command(config_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "rag_pipeline.cli", *args, str(config_path), "-q"]
+    """The same as a command line for ``subprocess`` (a cold process: it imports everything)."""
+    return [sys.executable, "-m", "rag_pipeline.cli", *cli_args(config_path, *args)]
+
+
+def run_cli_on(config_path: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``rag-pipeline ARGS CONFIG -q`` in another process (a warm one, see warm_processes); it must succeed."""
+    return run_cli(cli_args(config_path, *args), check=True, timeout=timeout)
 
 
 def ingest_killed_at(config_path: Path, point: str) -> subprocess.CompletedProcess:
-    """Run ``rag-pipeline ingest`` in a child that SIGKILLs itself at fault ``point``
-    (``RAG_PIPELINE_FAULT``, see rag_pipeline.indexing.faults); fail if it was not killed there."""
-    child = subprocess.run(
-        cli_command(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point},
-        capture_output=True, text=True, timeout=300,
-    )
+    """Run ``rag-pipeline ingest`` in a child process (a warm one, see warm_processes) that SIGKILLs
+    itself at fault ``point`` (``RAG_PIPELINE_FAULT``, see rag_pipeline.indexing.faults); fail if it
+    was not killed there."""
+    child = run_cli(cli_args(config_path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point}, timeout=300)
     assert child.returncode == -signal.SIGKILL, f"not killed at {point}: {child.stdout}{child.stderr}"
     return child
 
@@ -115,7 +125,7 @@ def snapshot(config: dict) -> dict:
     }
 
 
-def wait_for_file(path: Path, child: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_file(path: Path, child: subprocess.Popen | WarmChild, timeout: float = 120) -> None:
     """Wait until a paused child (``RAG_PIPELINE_FAULT=...=wait:FILE``) has created ``path``."""
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -126,15 +136,17 @@ def wait_for_file(path: Path, child: subprocess.Popen, timeout: float = 120) -> 
         time.sleep(0.05)
 
 
+def paused_at(config_path: Path, command: str, release: Path) -> WarmChild:
+    """A real ``rag-pipeline <command>`` process (a warm one, see warm_processes), started; it
+    holds at its first write (chunks upserted, record not yet updated) until ``release`` exists."""
+    return start_cli(cli_args(config_path, command), env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"})
+
+
 @contextmanager
-def paused_at_first_write(config_path: Path, command: str, release: Path) -> Iterator[subprocess.Popen]:
+def paused_at_first_write(config_path: Path, command: str, release: Path) -> Iterator[WarmChild]:
     """A real ``rag-pipeline <command>`` process, held at its first write (chunks upserted, record
     not yet updated) until the block ends; then released and waited for."""
-    child = subprocess.Popen(
-        cli_command(config_path, command),
-        env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    child = paused_at(config_path, command, release)
     try:
         wait_for_file(Path(f"{release}.waiting"), child)
         yield child

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 from chroma_server import ChromaServer
-from sync_helpers import cli_command, config_for, corpus_v1, mutate_to_v2, snapshot, text_about, write_config, write_files
+from sync_helpers import (
+    cli_args, config_for, corpus_v1, mutate_to_v2, paused_at, run_cli_on, snapshot, text_about, write_config, write_files,
+)
+from warm_processes import run_cli
 
 from rag_pipeline import ConfigError, IndexMismatchError, IndexUnavailableError, Pipeline, load_config
 
@@ -47,9 +49,9 @@ def test_server_mode_needs_a_state_directory_and_keeps_secrets_out_of_the_config
         config.vectorstore.server_headers()
     monkeypatch.setenv("CHROMA_TOKEN", "s3cret-token-value")
     assert config.vectorstore.server_headers() == {"Authorization": "Bearer s3cret-token-value"}
-    shown = subprocess.run(
-        [*cli_command(write_config(config.to_dict(), tmp_path / "c.yaml"), "config", "show")[:-1]],
-        capture_output=True, text=True, env={**os.environ, "CHROMA_TOKEN": "s3cret-token-value"},
+    shown = run_cli(  # another process
+        cli_args(write_config(config.to_dict(), tmp_path / "c.yaml"), "config", "show")[:-1],
+        env={**os.environ, "CHROMA_TOKEN": "s3cret-token-value"},
     )
     assert "token_env: CHROMA_TOKEN" in shown.stdout and "s3cret" not in shown.stdout + shown.stderr
 
@@ -67,9 +69,9 @@ def test_ingest_query_reingest_and_guard_against_a_server(tmp_path, server, tiny
     # The same ingest from the command line, with a token and debug logs: nothing added, and the
     # token's value appears nowhere (the server ignores the header; it is sent all the same).
     with_token = {**config, "vectorstore": {**config["vectorstore"], "token_env": "CHROMA_TOKEN"}}
-    ingest = subprocess.run(
-        [*cli_command(write_config(with_token, tmp_path / "token.yaml"), "ingest"), "--debug"],
-        capture_output=True, text=True, timeout=180, env={**os.environ, "CHROMA_TOKEN": "s3cret-token-value"},
+    ingest = run_cli(  # another process
+        [*cli_args(write_config(with_token, tmp_path / "token.yaml"), "ingest"), "--debug"],
+        timeout=180, env={**os.environ, "CHROMA_TOKEN": "s3cret-token-value"},
     )
     assert ingest.returncode == 0, ingest.stderr
     assert "s3cret" not in ingest.stdout + ingest.stderr and "DEBUG" in ingest.stderr
@@ -91,16 +93,13 @@ def test_a_reader_process_sees_a_writer_process_chunks_while_it_ingests(tmp_path
     write_files(corpus, corpus_v1())
     config = server_config(corpus, tmp_path / "state", server, tiny_bge_dir)
     path = write_config(config, tmp_path / "pipeline.yaml")
-    subprocess.run(cli_command(path, "ingest"), check=True, capture_output=True, timeout=180)
+    run_cli_on(path, "ingest")  # another process
 
     reader = Pipeline.from_config(config).as_retriever(k=100)  # every chunk: what is there, not ranking
     assert "otters.txt" not in _sources(reader, "otters")
     write_files(corpus, {"otters.txt": text_about("otters")})
     release = tmp_path / "release"
-    writer = subprocess.Popen(
-        cli_command(path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    writer = paused_at(path, "ingest", release)  # another process, held at its first write
     try:
         from sync_helpers import wait_for_file
 
@@ -127,10 +126,7 @@ def test_sigkill_of_an_ingest_then_rerun_equals_a_clean_run(tmp_path, server, ti
 
     for point in ("writing:2", "recorded:1"):
         path = write_config(crashed, tmp_path / "pipeline.yaml")
-        child = subprocess.run(
-            cli_command(path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point},
-            capture_output=True, text=True, timeout=300,
-        )
+        child = run_cli(cli_args(path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": point}, timeout=300)
         assert child.returncode == -signal.SIGKILL, child.stderr
         assert snapshot(crashed)["dirty"]
         assert Pipeline.from_config(crashed).ingest().recovered
@@ -147,10 +143,7 @@ def test_server_stopped_mid_ingest_is_one_line_and_a_rerun_after_restart_complet
     config = server_config(corpus, tmp_path / "state", server, tiny_bge_dir)
     path = write_config(config, tmp_path / "pipeline.yaml")
     release = tmp_path / "release"
-    writer = subprocess.Popen(
-        cli_command(path, "ingest"), env={**os.environ, "RAG_PIPELINE_FAULT": f"writing:1=wait:{release}"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    writer = paused_at(path, "ingest", release)  # another process, held at its first write
     from sync_helpers import wait_for_file
 
     wait_for_file(tmp_path / "release.waiting", writer)
@@ -177,10 +170,10 @@ def test_reindex_against_a_server_switches_a_long_lived_reader(tmp_path, server,
     write_files(corpus, corpus_v1())
     config = server_config(corpus, tmp_path / "state", server, tiny_bge_dir)
     path = write_config(config, tmp_path / "pipeline.yaml")
-    subprocess.run(cli_command(path, "ingest"), check=True, capture_output=True, timeout=180)
+    run_cli_on(path, "ingest")  # another process
     reader = Pipeline.from_config(config).as_retriever(k=100)
     (corpus / "bees.txt").unlink()
-    subprocess.run(cli_command(path, "reindex"), check=True, capture_output=True, timeout=180)
+    run_cli_on(path, "reindex")
     assert "bees.txt" not in _sources(reader, "bees")
     assert reader.path.arms[0].index.collection_name == "test.v2"
     report = Pipeline.from_config(config).ingest()  # drops the retired generation from the server

@@ -201,17 +201,16 @@ def test_a_killed_write_from_code_is_reconciled_by_the_next_ingest(config, tmp_p
     import json
     import os
     import shutil
-    import subprocess
-    import sys
+
+    from warm_processes import run_python
 
     Pipeline.from_config(config).ingest()
     Pipeline.from_config(config).add_documents([Document(page_content=OLD_NOTES)], source="notes")
     clean = {**config, "vectorstore": {**config["vectorstore"], "persist_directory": str(tmp_path / "clean")}}
     shutil.copytree(config["vectorstore"]["persist_directory"], tmp_path / "clean")
 
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(config), action, NEW_NOTES],
-        env={**os.environ, "RAG_PIPELINE_FAULT": point}, capture_output=True, text=True, timeout=300,
+    child = run_python(  # python -c _CHILD ... in another process (a warm one)
+        _CHILD, json.dumps(config), action, NEW_NOTES, env={**os.environ, "RAG_PIPELINE_FAULT": point}, timeout=300
     )
     assert child.returncode == -9, child.stderr  # killed where asked
 

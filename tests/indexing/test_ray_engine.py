@@ -78,7 +78,10 @@ def test_ray_ingest_equals_local_adds_nothing_again_and_follows_changes(ray_clus
     work = tmp_path / "corpus"
     shutil.copytree(corpus, work)
     local = local_config(work, tmp_path / "local", tiny_bge_dir)
-    on_ray = ray_config(work, tmp_path / "ray", tiny_bge_dir)  # rounds of 4 files: 2, then 1
+    # One round per ingest: each round starts the actor pool anew (two actors, each loading torch
+    # and the model: ~10-30 s on two cores). Rounds are the CLI test's (reading) and, with
+    # embedding, the killed and reindex tests' (-m slow).
+    on_ray = ray_config(work, tmp_path / "ray", tiny_bge_dir, files_per_round=8)
     local_report = Pipeline.from_config(local).ingest()
     report = Pipeline.from_config(on_ray).ingest()
 
@@ -148,10 +151,23 @@ def test_reindex_on_ray_equals_a_local_ingest(ray_cluster, corpus, tmp_path, tin
     np.testing.assert_allclose(got["vectors"], expected["vectors"], atol=1e-5, rtol=0)
 
 
+def seed_embedding_cache(config: dict, source: dict) -> None:
+    """Put the vector of every chunk of ``source``'s index into ``config``'s embedding cache (the
+    same model): an ingest of ``config`` then computes none, on Ray or here."""
+    store = Pipeline.from_config(source).store
+    ids = sorted(store.ids())
+    texts = {d.id: d.page_content for d in store.documents(ids)}
+    pipe = Pipeline.from_config(config)
+    cache = EmbeddingCache(pipe.state.embedding_cache_path, pipe.embeddings.cache_identity())
+    cache.put([texts[i] for i in ids], np.asarray(store.vectors(ids), dtype=np.float32))
+    cache.close()
+
+
 def test_cli_engine_flag_chooses_ray_and_address_needs_it(ray_cluster, corpus, tmp_path, tiny_bge_dir, monkeypatch, capsys):
     local = local_config(corpus, tmp_path / "local", tiny_bge_dir)
     Pipeline.from_config(local).ingest()
     config = local_config(corpus, tmp_path / "index", tiny_bge_dir)  # the file says local
+    config["ingest"]["ray"] = {"files_per_round": 4}  # for when the engine is ray: two rounds
     config_path = str(write_config(config, tmp_path / "config.yaml"))
 
     assert main(["ingest", config_path, "-q", "--address", ray_cluster]) == 2
@@ -159,11 +175,15 @@ def test_cli_engine_flag_chooses_ray_and_address_needs_it(ray_cluster, corpus, t
     assert error.count("\n") == 1 and "--address" in error and "--engine ray" in error
     assert not (tmp_path / "index").exists()
 
+    # The vectors are in the cache already: this test is about the flag choosing the engine (every
+    # file read on Ray, the local engine's index). Embedding on the actor pool is the first test's:
+    # an actor pool start loads torch and the model in a new process, ~10-30 s on two cores.
+    seed_embedding_cache(config, local)
     rounds = []
     read_round = RayChunkSource._read_round
     monkeypatch.setattr(RayChunkSource, "_read_round", lambda self, changes: rounds.append(len(changes)) or read_round(self, changes))
     assert main(["ingest", config_path, "-q", "--engine", "ray", "--address", ray_cluster]) == 0
-    assert sum(rounds) == 7 + 1  # every file read on Ray (the empty one too)
+    assert sum(rounds) == 7 + 1 and len(rounds) == 2  # every file read on Ray (the empty one too), in rounds of 4
     assert_same_index(config, local)
 
 

@@ -5,10 +5,10 @@ removes the old one; a killed reindex leaves the old index in service and its le
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
-from sync_helpers import cli_command, config_for, corpus_v1, paused_at_first_write, write_config, write_files
+from sync_helpers import cli_args, config_for, corpus_v1, paused_at_first_write, write_config, write_files
+from warm_processes import run_cli
 
 from rag_pipeline import IndexMismatchError, Pipeline
 from rag_pipeline.cli import main
@@ -72,9 +72,9 @@ def test_the_old_collection_serves_until_the_new_one_is_complete(indexed, tmp_pa
 
 def test_a_killed_reindex_leaves_the_old_index_serving_and_its_leftovers_are_dropped(indexed, tmp_path):
     old, new, count = indexed
-    child = subprocess.run(
-        cli_command(write_config(new, tmp_path / "new.yaml"), "reindex"),
-        env={**os.environ, "RAG_PIPELINE_FAULT": "writing:1"}, capture_output=True, text=True, timeout=300,
+    child = run_cli(  # a `rag-pipeline reindex` process, killed at its first write
+        cli_args(write_config(new, tmp_path / "new.yaml"), "reindex"),
+        env={**os.environ, "RAG_PIPELINE_FAULT": "writing:1"}, timeout=300,
     )
     assert child.returncode == -9, child.stderr
     assert _state(old) == ({"test": "active", "test.v2": "building"}, {"test", "test.v2"})

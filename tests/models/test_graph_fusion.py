@@ -42,6 +42,26 @@ def minilm(dtype: torch.dtype = torch.float32) -> SentenceTransformer:
     return model.eval()
 
 
+class Eager:
+    """The unfused fp32 model, loaded once for the module, and its vectors of each list of texts,
+    computed once: the references the fused copies (each test fuses its own) are checked against."""
+
+    def __init__(self):
+        self.model = minilm()
+        self._vectors: dict[tuple[tuple[str, ...], int], np.ndarray] = {}
+
+    def encode(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        key = (tuple(texts), batch_size)
+        if key not in self._vectors:
+            self._vectors[key] = self.model.encode(texts, batch_size=batch_size)
+        return self._vectors[key].copy()
+
+
+@pytest.fixture(scope="module")
+def eager_model() -> Eager:
+    return Eager()
+
+
 def fused_forward(model) -> FusedForward:
     forward = model[0].model.forward
     assert isinstance(forward, FusedForward)
@@ -54,9 +74,9 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
-def test_fused_minilm_gives_the_eager_vectors_on_every_batch_shape():
+def test_fused_minilm_gives_the_eager_vectors_on_every_batch_shape(eager_model):
     texts = passages(40)
-    eager = minilm().encode(texts, batch_size=16)
+    eager = eager_model.encode(texts, batch_size=16)
     model = minilm()
     assert fuse_for_cpu(model, device="cpu", dtype="float32")
     forward = fused_forward(model)
@@ -68,9 +88,9 @@ def test_fused_minilm_gives_the_eager_vectors_on_every_batch_shape():
     assert forward.fused_calls >= 3  # the graph answered, not the fallback
 
 
-def test_bf16_fused_vectors_stay_interchangeable_with_fp32_eager():
+def test_bf16_fused_vectors_stay_interchangeable_with_fp32_eager(eager_model):
     texts = passages(32)
-    reference = minilm(torch.float32).encode(texts, batch_size=16)
+    reference = eager_model.encode(texts, batch_size=16)  # fp32
     model = minilm(torch.bfloat16)
     assert fuse_for_cpu(model, device="cpu", dtype="bfloat16")
     fused = model.encode(texts, batch_size=16, convert_to_numpy=True).astype(np.float32)
@@ -99,9 +119,9 @@ def test_small_batches_and_gradients_and_hidden_states_run_eagerly():
     assert torch.allclose(layers.last_hidden_state, plain.last_hidden_state, atol=1e-4)
 
 
-def test_a_graph_that_disagrees_with_eager_is_dropped_with_one_warning(monkeypatch, caplog):
+def test_a_graph_that_disagrees_with_eager_is_dropped_with_one_warning(monkeypatch, caplog, eager_model):
     texts = passages(32)
-    eager = minilm().encode(texts, batch_size=16)
+    eager = eager_model.encode(texts, batch_size=16)
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
     monkeypatch.setattr(graph_fusion, "AGREEMENT", 1.5)  # no cosine passes: the check must fail
@@ -115,7 +135,7 @@ def test_a_graph_that_disagrees_with_eager_is_dropped_with_one_warning(monkeypat
     np.testing.assert_allclose(vectors, eager, atol=1e-6)  # answered eagerly, not from the graph
 
 
-def test_a_graph_that_fails_at_run_time_falls_back_to_eager(monkeypatch, caplog):
+def test_a_graph_that_fails_at_run_time_falls_back_to_eager(monkeypatch, caplog, eager_model):
     texts = passages(32)
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
@@ -129,7 +149,7 @@ def test_a_graph_that_fails_at_run_time_falls_back_to_eager(monkeypatch, caplog)
     monkeypatch.setattr(FusedForward, "_run", broken)
     with caplog.at_level(logging.WARNING):
         vectors = model.encode(texts, batch_size=16)
-    assert min_cosine(vectors, minilm().encode(texts, batch_size=16)) > 0.99999
+    assert min_cosine(vectors, eager_model.encode(texts, batch_size=16)) > 0.99999
     assert forward.disabled_because == "RuntimeError: shape not supported"
 
 
@@ -168,13 +188,13 @@ def test_the_loader_fuses_the_embedder_and_the_reranker(tiny_bge_dir, tiny_reran
     np.testing.assert_allclose(probabilities, eager, atol=1e-5)
 
 
-def test_threads_sharing_a_fused_model_get_their_own_right_answers():
+def test_threads_sharing_a_fused_model_get_their_own_right_answers(eager_model):
     """The server and ``batch()`` call one loaded model from several threads at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     texts = passages(48)
     groups = [texts[0:16], texts[16:32], texts[32:48], texts[8:24]]
-    eager = [minilm().encode(group, batch_size=16) for group in groups]
+    eager = [eager_model.encode(group, batch_size=16) for group in groups]
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -220,11 +240,11 @@ def fusion_off_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "fusion off" in r.getMessage()]
 
 
-def test_a_graph_that_ignores_the_attention_mask_is_caught_when_traced(monkeypatch, caplog):
+def test_a_graph_that_ignores_the_attention_mask_is_caught_when_traced(monkeypatch, caplog, eager_model):
     """The trace's own check used the first rows of a sorted batch, which have no padding: a graph
     without a mask passed it and served wrong vectors for every padded row."""
     texts = passages(32)
-    eager = minilm().encode(texts, batch_size=16)
+    eager = eager_model.encode(texts, batch_size=16)
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
     monkeypatch.setattr(FusedForward, "_build", mask_blind(FusedForward._build))
@@ -238,11 +258,11 @@ def test_a_graph_that_ignores_the_attention_mask_is_caught_when_traced(monkeypat
     assert min_cosine(vectors, eager) > 0.99999 and min_cosine(again, eager) > 0.99999
 
 
-def test_a_graph_that_loses_the_mask_at_a_later_shape_is_caught_on_that_shapes_first_call(monkeypatch, caplog):
+def test_a_graph_that_loses_the_mask_at_a_later_shape_is_caught_on_that_shapes_first_call(monkeypatch, caplog, eager_model):
     """The trace is checked at short lengths only; a graph that goes wrong at a longer shape (a
     kernel compiled for it) is caught by the check of that shape's first call, before it serves."""
     texts = passages(40)
-    eager = minilm().encode(texts, batch_size=16)
+    eager = eager_model.encode(texts, batch_size=16)
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
     longer_than_the_checks = 4 * graph_fusion.TRACE_LENGTH
@@ -256,13 +276,13 @@ def test_a_graph_that_loses_the_mask_at_a_later_shape_is_caught_on_that_shapes_f
     assert min_cosine(vectors, eager) > 0.99999  # the batch that showed it was answered eagerly
 
 
-def test_fused_states_equal_eager_on_heavily_padded_batches():
+def test_fused_states_equal_eager_on_heavily_padded_batches(eager_model):
     """Rows of very different lengths in one batch: every token the mask keeps gets eager's state."""
     texts = [t if i % 3 else t[:30] for i, t in enumerate(passages(16))]  # every third row mostly padding
     model = minilm()
     fuse_for_cpu(model, device="cpu", dtype="float32")
     forward = fused_forward(model)
-    reference = minilm()[0].model
+    reference = eager_model.model[0].model
     batch = dict(model.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt"))
     assert (batch["attention_mask"] == 0).any(dim=1).sum() > len(texts) // 2
     for _ in range(3):  # the trace, the profiling run, the compiled kernels
