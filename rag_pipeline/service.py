@@ -50,6 +50,7 @@ from .errors import (
 )
 from .indexing.cache import encode_with_cache
 from .indexing.documents import check_documents, chunk_source
+from .indexing.faults import crash_point
 from .indexing.lock import index_lock
 from .pipeline import Pipeline
 
@@ -480,6 +481,7 @@ class RetrievalService:
                 raise ServiceUnavailable("the service was started already (a closed one cannot be started again)")
         pipeline, settings = self.pipeline, self.settings
         pipeline.require_index()
+        pipeline.index.recover()  # a write killed midway (this server's last run) is never served
         embeddings, reranker = pipeline.embeddings, pipeline.reranker
         embeddings.warm_up()
         embeddings.embed_query("warm up")  # the first encode pays one-off costs (and sets the tokenizer)
@@ -811,6 +813,7 @@ class RetrievalService:
                 self._known_token = self._writer.state.change_token()
 
     def _before_commit(self, kind: str) -> None:
+        crash_point("committing")
         if self.settings.before_commit is not None:
             self.settings.before_commit(kind)
 

@@ -16,6 +16,8 @@ The points, in the order an ingest reaches them:
 * ``lexical`` — that batch was also written to the lexical index (``lexical:``), the record not yet updated;
 * ``recorded`` — the record was committed, a changed file's old chunks not yet deleted;
 * ``removing`` — deleted files were dropped from the record, their chunks not yet from Chroma.
+* ``committing`` — (``serve``, ``RetrievalService``) a write's documents are chunked and embedded
+  into the cache, its commit not begun; queries keep answering from the committed state.
 
 Writes from code (``Pipeline.add_documents``/``delete``, the recorded vector store) pass the same
 ``embedding``, ``writing``, ``lexical``, ``recorded`` and ``removing`` points.

@@ -11,6 +11,7 @@ write). The stages come from the pipeline that owns the index, built on first us
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from langchain_core.documents import Document
 
-from ..errors import ConfigError, DocumentError, IndexMismatchError, IndexNotFoundError
+from ..errors import ConfigError, DocumentError, IndexBusyError, IndexMismatchError, IndexNotFoundError
 from . import inventory
 from .cache import EmbeddingCache
 from .documents import DocumentWriter, check_documents, check_text, chunk_source, copy_sources_from_code
@@ -32,6 +33,8 @@ from .sinks import DenseSink, LexicalSink
 from .state import IndexState
 from .sync import Indexer, ingest_settings, plan_sync, warn_truncated
 from .vectorstore import IndexedDocumentIndex, IndexedVectorStore
+
+logger = logging.getLogger(__name__)
 
 # In a store folder: which state directory keeps its record (two state directories over one
 # store folder would each reconcile the store against a record that does not list the other's chunks).
@@ -131,15 +134,17 @@ class Index:
 
     @contextmanager
     def writing(
-        self, *, recorded: bool = True, embedder: Any = None, indexes: frozenset[str] | None = None
+        self, *, recorded: bool = True, embedder: Any = None, indexes: frozenset[str] | None = None,
+        lock_timeout: float | None = None,
     ) -> Iterator[WriteSession]:
         """The one way in for writes: the write lock, then the active collection (leftover
         generations dropped), the index's identity checked, the indexes' write sessions and the
         record. ``recorded=False``: a collection kept without a record (evaluation), written only
-        in the ``indexes`` kinds given (default: every index the config has)."""
+        in the ``indexes`` kinds given (default: every index the config has). ``lock_timeout``
+        replaces ``ingest.lock_timeout``."""
         store, lexical = self.store, self.lexical
         with (
-            self.state.lock(self.config.ingest.lock_timeout),
+            self.state.lock(self.config.ingest.lock_timeout if lock_timeout is None else lock_timeout),
             store.writing(),
             lexical.writing() if lexical is not None else nullcontext(),
         ):
@@ -316,6 +321,33 @@ class Index:
             return self._finish(report, started)
         report.seconds = time.perf_counter() - started
         return report
+
+    def recover(self) -> int | None:
+        """Reconcile a collection that an interrupted write left marked dirty (a server killed
+        during ``POST /documents``, a killed ingest), without reading the corpus: every index
+        drops the chunks the record does not list, and unfinished deletions are retried. A server
+        does this when it starts, so what a killed write upserted is never served; an ingest does
+        the same and more. Returns how many chunk deletions it made, or None when nothing was
+        marked, or another process holds the write lock (that writer reconciles when it commits)."""
+        if self.state.record_path is None:
+            return None
+        with self._reading_record() as record:
+            if record is None or not record.is_dirty(self.store.collection_name):
+                return None
+        try:
+            with self.writing(lock_timeout=0) as session:
+                if not session.record.is_dirty(session.collection):
+                    return None  # another writer finished between the look and the lock
+                session.was_dirty = False  # this session reconciles: the mark goes when it ends
+                session.mark_dirty()
+                removed = session.keep_only(session.record.chunk_ids(session.collection))
+        except IndexBusyError:
+            return None
+        logger.warning(
+            "collection %r was left mid-write by a process that stopped; removed %d chunks its record does not list",
+            self.store.collection_name, removed,
+        )
+        return removed
 
     # -- documents from code ---------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], source: str | None) -> IngestReport:
