@@ -228,7 +228,8 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {dotted}")
         node = child
-    node[parts[-1]] = value
+    # a copy: a later dotted override goes inside this value, and must not reach the caller's dict
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def validate_config(raw: Mapping[str, Any], base_dir: Path) -> PipelineConfig:

@@ -79,6 +79,14 @@ def test_override_reaches_the_config(tmp_path):
     assert config.chunker.type == "none"
 
 
+def test_a_section_given_whole_is_not_changed_by_a_later_dotted_override(tmp_path):
+    retriever = {"type": "hybrid", "arms": ["dense", "bm25"], "k": 3}
+    overrides = {"lexical": {"type": "bm25"}, "retriever": retriever, "retriever.arms": ["bm25"]}
+    config = load_config(_base(tmp_path), overrides, base_dir=tmp_path)
+    assert config.retriever.arms == ["bm25"]
+    assert retriever["arms"] == ["dense", "bm25"]  # the caller's dict, reused for another pipeline
+
+
 def test_resolved_config_round_trips(tmp_path):
     config = load_config(CONFIGS / "bge-small.yaml")
     again = load_config(config.to_dict(), base_dir=tmp_path)
