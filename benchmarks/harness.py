@@ -392,15 +392,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(config: Path, startup_s: float = 180) -> Iterator[str]:
-    """``rag-pipeline serve CONFIG`` as its own process on a free port; yields its base URL once
-    ``/health`` answers, and stops the server at the end."""
+def serving(config: Path, *extra: str, startup_s: float = 180) -> Iterator[str]:
+    """``rag-pipeline serve CONFIG [EXTRA...]`` as its own process on a free port; yields its base
+    URL once ``/health`` answers, and stops the server at the end."""
     import urllib.request
 
     port = free_port()
     errors = tempfile.TemporaryFile("w+", encoding="utf-8")  # a file, not a pipe: nobody reads it while serving
     process = subprocess.Popen(
-        [sys.executable, "-m", "rag_pipeline.cli", "serve", str(config), "--port", str(port), "-q"],
+        [sys.executable, "-m", "rag_pipeline.cli", "serve", str(config), "--port", str(port), "-q", *extra],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors, text=True,
     )
     url = f"http://127.0.0.1:{port}"
