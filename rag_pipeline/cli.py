@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .config import load_config, parse_override
@@ -120,10 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-documents", type=int, default=1000, metavar="N",
-        help="the most documents one POST /documents may carry (default 1000)",
+        help="the most documents one POST /documents may carry, and the most inputs of one /v1/embeddings or /rerank call (default 1000)",
     )
     serve.add_argument(
-        "--workers", type=int, default=4, metavar="N", help="queries answered at once (default 4)"
+        "--workers", type=int, default=16, metavar="N", help="queries answered at once (default 16)"
     )
     serve.add_argument(
         "--batch-wait-ms", type=float, default=2.0, metavar="MS",
@@ -136,6 +136,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--serial", action="store_true",
         help="answer one request at a time, without batching (the old behaviour, for comparison)",
+    )
+    mcp = with_config(commands.add_parser(
+        "mcp", help="offer the index as tools to an AI client (Model Context Protocol): stdio, or HTTP with --port"
+    ))
+    mcp.add_argument(
+        "--allow-writes", action="store_true",
+        help="also offer the add_documents and delete tools (by default the client can only search and list)",
+    )
+    mcp.add_argument(
+        "--port", type=int, default=None, metavar="N",
+        help="serve streamable HTTP at http://HOST:N/mcp instead of stdio (the client starts the server itself on stdio)",
+    )
+    mcp.add_argument("--host", default=None, help="with --port: interface to bind (default 127.0.0.1: this machine only)")
+    mcp.add_argument(
+        "--token-env", metavar="VAR",
+        help="with --port: require `Authorization: Bearer <token>`, the token read from environment variable VAR "
+        "(required when --host is not a loopback address)",
+    )
+    mcp.add_argument(
+        "--max-k", type=int, default=100, metavar="N", help="the most results one search may ask for (default 100)"
     )
     ls = with_config(commands.add_parser("ls", help="list the index's sources: origin, chunk count, last written"))
     ls.add_argument("--json", action="store_true", help="print a JSON array of {source, origin, chunks, recorded_at}")
@@ -444,6 +464,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_token(args: argparse.Namespace, is_loopback: Callable[[str], bool]) -> str | None:
+    """The token a network server (``serve``, ``mcp --port``) wants, read from ``--token-env``; a
+    bind beyond loopback without one is refused."""
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise RagPipelineError(f"--token-env {args.token_env}: that environment variable is unset or empty; export the token in it")
+        return token
+    if not is_loopback(args.host):
+        # an index of private notes must not be open to a network by one mistyped flag
+        raise RagPipelineError(
+            f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
+            "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
+        )
+    return None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerSettings, create_app, is_loopback, run_server
@@ -453,17 +490,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise RagPipelineError(
             f"serve needs {exc.name}, which is not installed: pip install 'rag-pipeline[serve]'"
         ) from None
-    token = None
-    if args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            raise RagPipelineError(f"--token-env {args.token_env}: that environment variable is unset or empty; export the token in it")
-    elif not is_loopback(args.host):
-        # an index of private notes must not be open to a network by one mistyped flag
-        raise RagPipelineError(
-            f"--host {args.host} is reachable from other machines: give --token-env VAR with a token in $VAR "
-            "(clients send `Authorization: Bearer <token>`), or bind 127.0.0.1"
-        )
+    token = _network_token(args, is_loopback)
     for flag, value in (("--max-k", args.max_k), ("--max-body-mb", args.max_body_mb), ("--max-documents", args.max_documents),
                         ("--workers", args.workers)):
         if value <= 0:
@@ -489,6 +516,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     docs = "/openapi.json with the token" if token else "/docs"
     print(f"serving {args.config} on http://{args.host}:{args.port}/  (API docs: {docs}; Ctrl-C stops)", file=sys.stderr)
     run_server(app, args.host, args.port, log_level="warning" if args.quiet else "info")
+    return 0
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from .server import is_loopback
+        from .server.mcp import McpSettings, run_mcp
+        from .service import ServiceSettings
+    except ModuleNotFoundError as exc:
+        import importlib.util
+
+        name = (exc.name or "mcp").partition(".")[0]
+        if name == "mcp" and importlib.util.find_spec("mcp") is not None:  # installed, but 1.x: no mcp.server.mcpserver
+            raise RagPipelineError(
+                f"mcp needs the MCP SDK 2.x, and the installed mcp lacks {exc.name}: pip install --upgrade 'mcp>=2.3'"
+            ) from None
+        extra = "mcp" if name in ("mcp", "mcp_types") else "mcp,serve"  # the result conversion is serve's (FastAPI)
+        raise RagPipelineError(f"mcp needs {name}, which is not installed: pip install 'rag-pipeline[{extra}]'") from None
+    token = None
+    if args.port is None:
+        for flag, given in (("--host", args.host), ("--token-env", args.token_env)):
+            if given is not None:
+                raise RagPipelineError(
+                    f"{flag}: only with --port N (streamable HTTP); over stdio only the client that started the server reaches it"
+                )
+    else:
+        args.host = args.host or "127.0.0.1"
+        token = _network_token(args, is_loopback)
+    if args.max_k <= 0:
+        raise RagPipelineError(f"--max-k: must be a positive whole number, got {args.max_k}")
+    args.quiet = True  # a server's standard error is the client's log, not a terminal: no progress bars
+    pipeline = _pipeline(args)
+    lock_wait = pipeline.config.ingest.lock_timeout
+    service_settings = ServiceSettings(
+        **({"write_lock_wait_s": lock_wait} if isinstance(lock_wait, (int, float)) and lock_wait >= 0 else {}),
+    )
+    settings = McpSettings(allow_writes=args.allow_writes, max_k=args.max_k, token=token)
+    run_mcp(pipeline, settings, port=args.port, host=args.host or "127.0.0.1", service_settings=service_settings)
     return 0
 
 
@@ -554,7 +619,7 @@ def _print_precisions(config) -> None:
 
 COMMANDS = {"ingest": cmd_ingest, "reindex": cmd_reindex, "query": cmd_query, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
             "config": cmd_config, "ls": _cmd_ls, "stats": _cmd_stats, "export": _cmd_export, "delete": _cmd_delete,
-            "serve": _cmd_serve, "finetune": cmd_finetune}
+            "serve": _cmd_serve, "mcp": _cmd_mcp, "finetune": cmd_finetune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
