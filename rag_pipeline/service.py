@@ -5,6 +5,8 @@ framework can use as it is.
     with RetrievalService(Pipeline.from_yaml("configs/quickstart.yaml")) as service:
         service.query("how do I proof sourdough?", k=3)          # from any number of threads
         service.add_documents(documents, source="notes")         # beside them
+        service.embed(["a passage", "another"])                  # the embedder's vectors, token counts
+        service.rerank("proof sourdough", ["text a", "text b"])  # the cross-encoder's scores, best first
 
 How it is built:
 
@@ -17,6 +19,10 @@ How it is built:
   the texts of every query waiting for it in one forward pass (at most ``max_batch``); the
   cross-encoder's (query, passage) pairs likewise. A query alone is computed at once: the batcher
   waits (at most ``max_wait_ms``) only while other queries are being searched and may still join.
+- **Embeddings and reranking on request.** :meth:`RetrievalService.embed` and
+  :meth:`RetrievalService.rerank` (what the server's ``/v1/embeddings`` and ``/rerank`` answer) are
+  admitted, queued, timed out and counted as queries are, and run on a reader: query texts and
+  reranker pairs go through the batchers above; passages are encoded on the reader itself.
 - **Writes.** Adds and deletes run on one writer thread, never on a reader. A write takes the
   index's write lock (waiting at most ``write_lock_wait_s``, else :class:`IndexBusyError`), chunks
   and embeds its documents into the embedding cache while queries keep answering, and only then
@@ -27,6 +33,7 @@ How it is built:
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from bisect import bisect_left
@@ -43,6 +50,7 @@ from langchain_core.documents import Document
 from .errors import (
     ConfigError,
     IndexBusyError,
+    QueryError,
     RagPipelineError,
     ServiceBusy,
     ServiceUnavailable,
@@ -56,6 +64,8 @@ from .pipeline import Pipeline
 
 LATENCY_BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128)
+REQUEST_KINDS = ("query", "embed", "rerank", "add", "delete")
+EMBED_KINDS = ("passage", "query")
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,9 @@ class ServiceSettings:
     ``"delete"`` after a write's embeddings are computed and before it commits (tests pause there).
     """
 
-    workers: int = 4
+    # More readers than cores: a reader spends most of a query waiting for the batcher or inside
+    # Chroma's native search, so a few per core keep both busy and let the embedding batches fill.
+    workers: int = 16
     max_batch: int = 32
     max_wait_ms: float = 2.0
     max_queue: int = 64
@@ -196,7 +208,7 @@ class ServiceMetrics:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str], int] = {}
         self.errors: dict[tuple[str, str], int] = {}
-        self.latency = {kind: Histogram(LATENCY_BOUNDS_S) for kind in ("query", "add", "delete")}
+        self.latency = {kind: Histogram(LATENCY_BOUNDS_S) for kind in REQUEST_KINDS}
         self.batch_sizes = {name: Histogram(BATCH_SIZE_BOUNDS) for name in ("embeddings", "reranker")}
 
     def request(self, kind: str, seconds: float, error: BaseException | None) -> None:
@@ -403,6 +415,56 @@ class BatchingReranker:
         return f"BatchingReranker({self._reranker!r})"
 
 
+class TokenCounter:
+    """Token counts (special tokens included, untruncated) from a private copy of a model's
+    tokenizer. Counting untruncated on the model's own tokenizer would change its settings in place
+    under the encodes running beside it (see :attr:`RetrievalService.tokenizer_guard`); the copy,
+    under a lock of its own, never touches them."""
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+
+    def count(self, texts: Sequence[str], query: str | None = None) -> list[int]:
+        """Tokens of each text, or, given ``query``, of each (query, text) pair as a cross-encoder reads it."""
+        texts = list(texts)
+        with self._lock:
+            if query is None:
+                encoded = self._tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+            else:
+                encoded = self._tokenizer(
+                    [query] * len(texts), texts, add_special_tokens=True, truncation=False, verbose=False
+                )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What :meth:`RetrievalService.embed` answers: ``vectors``, one float32 row per text, and
+    ``tokens``, each text's token count as the embedder's tokenizer counts it (the query
+    instruction included for queries; empty when the embedder has no tokenizer)."""
+
+    vectors: np.ndarray
+    tokens: list[int]
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """What :meth:`RetrievalService.rerank` answers: ``ranking``, ``(index into the texts, score)``
+    best first (ties in the order given), at most ``top_n``; ``tokens``, the (query, text) pairs'
+    tokens as the cross-encoder's tokenizer counts them (0 when it has none)."""
+
+    ranking: list[tuple[int, float]]
+    tokens: int
+
+
+def no_reranker_message(pipeline: Pipeline) -> str:
+    return (
+        f"the config {pipeline.config.name!r} has no reranker: add a `reranker:` section "
+        "(type: bge-reranker, model: BAAI/bge-reranker-base, or a local folder) and restart"
+    )
+
+
 @dataclass
 class _Job:
     kind: str
@@ -418,6 +480,36 @@ class _Reader:
     def __init__(self, view: Pipeline):
         self.view = view
         self.retriever = view.as_retriever()
+
+
+def _texts(texts: Sequence[str], name: str, *, allow_empty_text: bool = False) -> list[str]:
+    """``texts`` as a list, refused (``QueryError``) when it is one string, empty, or holds
+    anything but strings (or an empty string, unless ``allow_empty_text``)."""
+    if isinstance(texts, str):
+        raise QueryError(f"{name}: give a list of strings, not one string")
+    texts = list(texts)
+    if not texts:
+        raise QueryError(f"{name} is empty: give at least one text")
+    for number, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise QueryError(f"{name}[{number}]: must be a string, got {type(text).__name__}")
+        if not text and not allow_empty_text:
+            raise QueryError(f"{name}[{number}] is an empty string: give text, or leave it out")
+    return texts
+
+
+def _passage_vectors(embedder: Any, texts: list[str]) -> np.ndarray:
+    encode = getattr(embedder, "encode", None)
+    if callable(encode):  # the package's embedders: no progress bar on a server
+        return encode(texts, show_progress=False)
+    return np.asarray(embedder.embed_documents(texts), dtype=np.float32)
+
+
+def _query_vectors(embedder: Any, texts: list[str]) -> np.ndarray:
+    embed_queries = getattr(embedder, "embed_queries", None)
+    if callable(embed_queries):
+        return embed_queries(texts)
+    return np.asarray([embedder.embed_query(text) for text in texts], dtype=np.float32)
 
 
 # -- the service ---------------------------------------------------------------------------------------
@@ -460,6 +552,8 @@ class RetrievalService:
         self._known_token: Any = None  # the index record's change token every view has caught up with
         self.embedding_batcher: Batcher | None = None
         self.reranker_batcher: Batcher | None = None
+        self._counters: dict[str, TokenCounter | None] = {}  # by stage, made at the first request that counts
+        self._counters_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def __enter__(self) -> "RetrievalService":
@@ -570,6 +664,79 @@ class RetrievalService:
         if filter is not None:
             per_call["filter"] = filter
         return self._request("query", lambda reader: reader.retriever.invoke(text, **per_call))
+
+    def embed(self, texts: Sequence[str], kind: str = "passage") -> Embedded:
+        """The embedder's vectors for ``texts``: as passages (``embed_documents``: as they are), or,
+        with ``kind="query"``, as queries (``embed_queries``: the configured query instruction
+        first, computed by the query batcher with the searches' queries). Admitted, timed out and
+        refused as :meth:`query` is; a text that is not a non-empty string raises ``QueryError``."""
+        texts = _texts(texts, "texts")
+        if kind not in EMBED_KINDS:
+            raise QueryError(f"kind: one of {', '.join(EMBED_KINDS)}, got {kind!r}")
+        return self._request("embed", lambda reader: self._embed(reader.view, texts, kind))
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> Reranked:
+        """The configured cross-encoder's score of each (``query``, text) pair, best first, at most
+        ``top_n`` (None: all). The scores are the reranker's own (``score``; its ``normalize``
+        applies, its ``blend`` does not: there is no first-stage score to blend with). Raises
+        ``ConfigError`` when the config has no reranker; admitted and refused as :meth:`query`."""
+        reranker = self.pipeline.reranker
+        if reranker is None:
+            raise ConfigError(no_reranker_message(self.pipeline))
+        if not callable(getattr(reranker, "score", None)):
+            raise ConfigError(
+                f"the configured reranker ({type(reranker).__name__}) has no score(query, passages) to rank texts with"
+            )
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError("the query is empty: give the text to rank the passages against")
+        texts = _texts(texts, "texts", allow_empty_text=True)
+        if top_n is not None:
+            positive_count(top_n, "top_n")
+        return self._request("rerank", lambda reader: self._rerank(reader.view, query, texts, top_n))
+
+    def _embed(self, view: Pipeline, texts: list[str], kind: str) -> Embedded:
+        embedder = view.embeddings
+        if kind == "query":
+            instruction = getattr(self.pipeline.embeddings, "query_instruction", "")
+            counted = [instruction + text for text in texts] if isinstance(instruction, str) else texts
+            if isinstance(embedder, BatchingEmbedder):
+                vectors = embedder.embed_queries(texts)  # the batcher holds the tokenizer guard
+            else:
+                with self.tokenizer_guard:
+                    vectors = _query_vectors(embedder, texts)
+        else:
+            counted = texts
+            # held: the writer's tokens chunker changes the tokenizer's settings under this guard
+            with self.tokenizer_guard:
+                vectors = _passage_vectors(embedder, texts)
+        counter = self._counter("embeddings")
+        tokens = counter.count(counted) if counter is not None else []
+        return Embedded(np.asarray(vectors, dtype=np.float32), tokens)
+
+    def _rerank(self, view: Pipeline, query: str, texts: list[str], top_n: int | None) -> Reranked:
+        scores = [float(s) for s in view.reranker.score(query, texts)]  # batched with the searches' pairs
+        if len(scores) != len(texts):
+            raise RuntimeError(f"the reranker gave {len(scores)} scores for {len(texts)} passages")
+        order = sorted(range(len(texts)), key=lambda i: scores[i], reverse=True)  # stable: ties keep the order given
+        counter = self._counter("reranker")
+        tokens = sum(counter.count(texts, query=query)) if counter is not None else 0
+        return Reranked([(i, scores[i]) for i in order[:top_n]], tokens)
+
+    def _counter(self, stage: str) -> TokenCounter | None:
+        """The token counter for ``embeddings`` or ``reranker``, copied from the stage's tokenizer
+        once; None when the stage has none."""
+        with self._counters_lock:
+            if stage not in self._counters:
+                if stage == "embeddings":
+                    tokenizer = getattr(self.pipeline.embeddings, "tokenizer", None)
+                else:
+                    tokenizer = getattr(getattr(self.pipeline.reranker, "cross_encoder", None), "tokenizer", None)
+                if tokenizer is None or not callable(tokenizer):
+                    self._counters[stage] = None
+                else:
+                    with self.tokenizer_guard:  # copied while no call changes its settings
+                        self._counters[stage] = TokenCounter(tokenizer)
+            return self._counters[stage]
 
     def index_stats(self) -> dict[str, Any]:
         """``Pipeline.stats()`` (collection, model, counts, bytes on disk), read on a reader's view
@@ -854,8 +1021,8 @@ class RetrievalService:
 
     # -- what an operator watches ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters for metrics: ``requests`` and ``errors`` by kind (``query``, ``add``,
-        ``delete``) and outcome or error type, ``latency_seconds`` and ``batch_sizes`` histograms
+        """Counters for metrics: ``requests`` and ``errors`` by kind (``query``, ``embed``,
+        ``rerank``, ``add``, ``delete``) and outcome or error type, ``latency_seconds`` and ``batch_sizes`` histograms
         (:meth:`Histogram.snapshot`), what is in flight and queued, and the index's chunk count
         as of the last commit."""
         with self._state:

@@ -4,6 +4,9 @@
     POST   /documents   {"documents": [{"content", "metadata", "id"}], "source": "..."}
     DELETE /documents   {"source": "..."} or {"ids": [...]}
     GET    /stats       collection, model, chunk count
+    POST   /v1/embeddings  OpenAI's embeddings request -> the configured embedder's vectors
+    POST   /rerank      {"query": "...", "documents": [...], "top_n": 3} (Cohere / Jina's shape; also
+                        at /v1/rerank) -> the configured cross-encoder's scores, best first
     GET    /health      liveness (never needs the token)
     GET    /ready       200 once the models are loaded and the index is open, else 503 (no token)
     GET    /metrics     Prometheus text: the service's counters and histograms, and per endpoint
@@ -17,7 +20,8 @@ The boundary a server holds, whatever a client sends (:class:`ServerSettings`):
   bind a web page that rebinds its own name to 127.0.0.1 must not reach the index;
 - a request's ``filter`` narrows the configured ``retriever.filter`` (both hold), never replaces it;
 - at most ``max_k`` results per query, ``max_body_bytes`` per request body (413) and
-  ``max_documents`` per ``POST /documents`` (413);
+  ``max_documents`` per ``POST /documents``, inputs per ``/v1/embeddings`` and documents per
+  ``/rerank`` (413);
 - text that is not valid Unicode (JSON's lone ``"\\ud800"`` escape) is refused with 400 naming the field.
 
 Errors a user causes (``RagPipelineError``) answer with ``{"detail": "<the one-line message>"}``:
@@ -26,6 +30,11 @@ reached (``IndexUnavailableError``), 429 with ``Retry-After: 1`` when the servic
 (``ServiceBusy``), 503 when the service is not started, closing or overloaded
 (``ServiceUnavailable``), 400 for the rest.
 
+``/v1/embeddings`` and ``/rerank`` take the request shapes OpenAI's, Cohere's and Jina's clients send
+(so those clients, and LangChain's and LlamaIndex's integrations built on them, work pointed at this
+server): any ``model`` is accepted and the answer names the configured one, since a server holds one
+embedder and one reranker. A config without a reranker answers ``/rerank`` with 404.
+
 Queries, writes and their batching run in a :class:`~rag_pipeline.service.RetrievalService`; the
 server applies its boundary checks, then calls it. Every request gets one access-log line
 (logger ``rag_pipeline.server.access``) with a request id, echoed in ``X-Request-ID``.
@@ -33,6 +42,7 @@ server applies its boundary checks, then calls it. Every request gets one access
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import json
@@ -44,17 +54,19 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence, Union
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder  # reports, dataclasses, paths -> JSON
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from langchain_core.documents import Document
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     ConfigError,
@@ -68,7 +80,7 @@ from ..errors import (
 )
 from ..pipeline import Pipeline
 from ..retrieval.filters import filter_problem
-from ..service import RetrievalService, ServiceSettings
+from ..service import RetrievalService, ServiceSettings, no_reranker_message
 
 # The metadata keys that explain a rank: the first stage's (fused, when hybrid) score, each arm's
 # score and rank, and the cross-encoder's score. A key a result lacks is left out.
@@ -91,6 +103,9 @@ STATUS_OF_ERROR = (
     (ServiceUnavailable, 503),
 )
 HEADERS_OF_STATUS = {429: {"Retry-After": "1"}}
+
+# Endpoints whose errors also carry OpenAI's {"error": {"message": ...}} beside {"detail": ...}.
+OPENAI_PATHS = frozenset({"/v1/embeddings"})
 
 access_log = logging.getLogger("rag_pipeline.server.access")
 
@@ -201,7 +216,8 @@ class ServerSettings:
     (host names, IP addresses, networks such as ``127.0.0.0/8``; ``*`` for any), the loopback
     names by default (:func:`allowed_hosts_for` gives the set for a bind address).
     ``max_k``: the most results one query may ask for. ``max_body_bytes``: the largest request
-    body. ``max_documents``: the most documents one ``POST /documents`` may carry.
+    body. ``max_documents``: the most documents one ``POST /documents`` may carry, and the most
+    inputs of one ``/v1/embeddings`` or documents of one ``/rerank``.
     """
 
     token: str | None = None
@@ -274,6 +290,103 @@ class DeleteDocumentsRequest(BaseModel):
 
     source: str | None = None
     ids: list[str] | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's ``POST /v1/embeddings`` body, plus ``input_type``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # token ids are declared so that they get a message of their own, not a validation error
+    input: Union[str, list[str], list[StrictInt], list[list[StrictInt]]] = Field(
+        description="A text, or a list of texts (at most the server's max_documents), none empty. Token ids are not accepted."
+    )
+    model: str | None = Field(
+        None, description="Any value is accepted: the server has one embedder, and the answer names it."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: lists of numbers; base64: each vector's little-endian float32 bytes, base64-encoded."
+    )
+    dimensions: StrictInt | None = Field(
+        None, gt=0, description="Must equal the model's dimension when given: vectors are never shortened."
+    )
+    user: str | None = Field(None, description="Accepted and ignored.")
+    input_type: Literal["passage", "query"] = Field(
+        "passage",
+        description="An extension: passage embeds the texts as they are (embed_documents); query puts the configured "
+        "query instruction first (embed_query), as a search does.",
+    )
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens of every input (special tokens included, before truncation).")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str = Field(description="The configured embedding model.")
+    usage: EmbeddingsUsage
+
+
+class RerankDocument(BaseModel):
+    # Cohere's document objects may carry other fields (a title): kept out of the ranking
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """The ``POST /rerank`` body as Cohere's and Jina's clients (and LangChain's and LlamaIndex's
+    rerankers over them) send it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="The text the documents are ranked against.")
+    documents: list[Union[str, RerankDocument]] = Field(
+        description='Texts, or objects {"text": ...}; at most the server\'s max_documents.'
+    )
+    top_n: StrictInt | None = Field(None, gt=0, description="Results to return, best first (default: all).")
+    return_documents: StrictBool = Field(False, description="Give each result's document text back.")
+    model: str | None = Field(None, description="Any value is accepted: the server has one reranker, and the answer names it.")
+    rank_fields: list[str] | None = Field(None, description='Cohere\'s: only ["text"] is supported.')
+    max_chunks_per_doc: StrictInt | None = Field(
+        None, description="Cohere's; accepted and ignored: a long document is truncated to the reranker's max_length."
+    )
+    max_tokens_per_doc: StrictInt | None = Field(None, description="Cohere's; accepted and ignored, as max_chunks_per_doc.")
+
+
+class RerankResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="The document's position in the request.")
+    relevance_score: float = Field(description="The cross-encoder's score (a logit, or 0..1 with reranker.normalize).")
+    document: RerankResultDocument | None = Field(None, description="Only with return_documents.")
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int = Field(description="Tokens of every (query, document) pair (special tokens included, before truncation).")
+
+
+class RerankResponse(BaseModel):
+    results: list[RerankResult]
+    model: str = Field(description="The configured reranker model.")
+    usage: RerankUsage
+
+
+def model_name(stage: Any, configured: Any) -> str:
+    """The name an answer gives a model: its hub id (or its folder's name), else what the config says."""
+    name = getattr(getattr(stage, "resolved", None), "model_id", None)
+    return name if isinstance(name, str) and name else str(configured)
 
 
 def result_item(rank: int, document: Document) -> ResultItem:
@@ -433,6 +546,75 @@ class PipelineService:
         documents = [Document(page_content=d.content, metadata=d.metadata, id=d.id) for d in request.documents]
         return jsonable_encoder(self.running().add_documents(documents, source=request.source))
 
+    def refuse_over_limit(self, count: int, what: str) -> None:
+        limit = self.settings.max_documents
+        if count > limit:
+            raise HTTPException(
+                413, f"{count} {what} in one request; this server takes at most {limit} (serve --max-documents): split them"
+            )
+
+    def embeddings(self, request: EmbeddingsRequest) -> dict[str, Any]:
+        single = isinstance(request.input, str)
+        texts = [request.input] if single else list(request.input)
+        self.refuse_over_limit(len(texts), "inputs")
+        if not texts:
+            raise QueryError("input is empty: give a string or a list of strings to embed")
+        if not isinstance(texts[0], str):
+            raise QueryError(
+                "input: token ids are not accepted, send the texts (this server tokenizes with its own model; "
+                "LangChain's OpenAIEmbeddings sends token ids unless check_embedding_ctx_length=False)"
+            )
+        names = ["input"] if single else [f"input[{number}]" for number in range(len(texts))]
+        refuse_invalid_text(zip(names, texts), QueryError)
+        for name, text in zip(names, texts):
+            if not text:
+                raise QueryError(f"{name} is an empty string: give text to embed, or leave it out")
+        embedder = self.pipeline.embeddings
+        if request.dimensions is not None:
+            dimension = int(embedder.dimension)
+            if request.dimensions != dimension:
+                raise QueryError(
+                    f"dimensions: this model's vectors have {dimension} dimensions and are never shortened; "
+                    f"leave dimensions out, or give {dimension}"
+                )
+        embedded = self.running().embed(texts, kind=request.input_type)
+        if request.encoding_format == "base64":
+            vectors: list[Any] = [
+                base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii") for row in embedded.vectors
+            ]
+        else:
+            vectors = embedded.vectors.tolist()
+        tokens = sum(embedded.tokens)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": number, "embedding": vector} for number, vector in enumerate(vectors)],
+            "model": model_name(embedder, self.pipeline.config.embeddings.model),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def rerank(self, request: RerankRequest) -> dict[str, Any]:
+        reranker = self.pipeline.reranker
+        if reranker is None:
+            raise HTTPException(404, no_reranker_message(self.pipeline))
+        self.refuse_over_limit(len(request.documents), "documents")
+        if not request.documents:
+            raise QueryError("documents is empty: give at least one document to rank")
+        if request.rank_fields is not None and request.rank_fields != ["text"]:
+            raise QueryError('rank_fields: this server ranks the documents\' text only; leave it out or send ["text"]')
+        texts = [document if isinstance(document, str) else document.text for document in request.documents]
+        refuse_invalid_text(
+            [("query", request.query), *((f"documents[{number}]", text) for number, text in enumerate(texts))], QueryError
+        )
+        reranked = self.running().rerank(request.query, texts, top_n=request.top_n)
+        results = []
+        for index, score in reranked.ranking:
+            result: dict[str, Any] = {"index": index, "relevance_score": score}
+            if request.return_documents:
+                result["document"] = {"text": texts[index]}
+            results.append(result)
+        model = model_name(reranker, self.pipeline.config.reranker.model)
+        return {"results": results, "model": model, "usage": {"total_tokens": reranked.tokens}}
+
     def delete_documents(self, request: DeleteDocumentsRequest) -> Any:
         if (request.source is None) == (request.ids is None):
             raise HTTPException(400, "give exactly one of `source` or `ids`")
@@ -473,8 +655,13 @@ class SafeJSONResponse(JSONResponse):
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def _refusal(status: int, message: str) -> SafeJSONResponse:
-    return SafeJSONResponse(status_code=status, content={"detail": message}, headers=HEADERS_OF_STATUS.get(status))
+def _refusal(status: int, message: str, path: str | None = None, headers: dict[str, str] | None = None) -> SafeJSONResponse:
+    content: dict[str, Any] = {"detail": message}
+    if path in OPENAI_PATHS:
+        # the openai client shows error.message and nothing else of a body; `detail` stays for every other client
+        content["error"] = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                            "param": None, "code": None}
+    return SafeJSONResponse(status_code=status, content=content, headers=headers or HEADERS_OF_STATUS.get(status))
 
 
 class HostCheck:
@@ -591,7 +778,10 @@ class ServerMetrics:
     """``/metrics``: the server's per-endpoint requests and latency, and the service's own
     counters (:meth:`RetrievalService.stats`) read at each scrape, in one registry per app."""
 
-    ENDPOINTS = frozenset({"/", "/query", "/documents", "/stats", "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc"})
+    ENDPOINTS = frozenset({
+        "/", "/query", "/documents", "/stats", "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc",
+        "/v1/embeddings", "/rerank", "/v1/rerank",
+    })
 
     def __init__(self, service: RetrievalService):
         self.registry = CollectorRegistry(auto_describe=True)
@@ -643,7 +833,8 @@ class ServiceCollector:
     def collect(self) -> Iterator[Any]:
         stats = self.service.stats()
         yield _counter_by_kind(
-            "rag_service_requests", "Service requests by kind (query, add, delete) and outcome.", "outcome", stats["requests"]
+            "rag_service_requests", "Service requests by kind (query, embed, rerank, add, delete) and outcome.", "outcome",
+            stats["requests"],
         )
         yield _counter_by_kind(
             "rag_service_errors", "Service requests that failed, by kind and error type.", "type", stats["errors"]
@@ -733,7 +924,13 @@ def create_app(
     @app.exception_handler(RagPipelineError)
     async def user_error(request: Request, exc: RagPipelineError) -> JSONResponse:
         status = next((code for kind, code in STATUS_OF_ERROR if isinstance(exc, kind)), 400)
-        return _refusal(status, str(exc))
+        return _refusal(status, str(exc), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path in OPENAI_PATHS and isinstance(exc.detail, str):
+            return _refusal(exc.status_code, exc.detail, request.url.path, exc.headers)
+        return await http_exception_handler(request, exc)  # FastAPI's own, as before
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -782,6 +979,24 @@ def create_app(
     @app.get("/stats", dependencies=guarded)
     def stats() -> dict[str, Any]:
         return service.stats()
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=guarded)
+    def embeddings(request: EmbeddingsRequest) -> Any:
+        """The configured embedder's vectors, in OpenAI's shape (the `openai` client's
+        `embeddings.create` works with `base_url=<server>/v1`)."""
+        return service.embeddings(request)
+
+    @app.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True, dependencies=guarded)
+    def rerank(request: RerankRequest) -> Any:
+        """The configured cross-encoder's score of each document against the query, best first
+        (Cohere's and Jina's shape); 404 when the config has no reranker."""
+        return service.rerank(request)
+
+    # where Cohere's and Jina's clients post when given this server as their base URL
+    app.post(
+        "/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, dependencies=guarded,
+        include_in_schema=False,
+    )(rerank)
 
     return app
 
