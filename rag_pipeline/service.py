@@ -743,6 +743,11 @@ class RetrievalService:
         like a query, so it sees a committed state."""
         return self._request("query", lambda reader: reader.view.stats(), metered=False)
 
+    def index_sources(self) -> list[Any]:
+        """``Pipeline.sources()`` (each source's origin, chunk count, last write), read on a
+        reader's view like :meth:`index_stats`: a committed state, caught up with other processes."""
+        return self._request("query", lambda reader: reader.view.sources(), metered=False)
+
     def _request(self, kind: str, run: Callable[[_Reader], Any], *, metered: bool = True) -> Any:
         started = time.perf_counter()
         error: BaseException | None = None

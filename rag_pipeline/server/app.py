@@ -444,6 +444,55 @@ def refuse_invalid_text(fields: Iterable[tuple[str, Any]], error: type[RagPipeli
             )
 
 
+
+# What every door that searches or writes over the network applies (serve's HTTP API, the MCP tools).
+def bounded_k(k: int | None, max_k: int, flag: str, unit: str) -> int | None:
+    """The request's ``k`` (None: the config's), refused above ``max_k``: a large k makes the
+    first stage, and the reranker, score that many chunks. ``flag`` names the option that sets
+    the bound (``serve --max-k``), ``unit`` what one call is (a query, a search)."""
+    if k is not None and k > max_k:
+        raise QueryError(f"k: this server answers at most {max_k} results per {unit} ({flag}); ask for fewer")
+    return k
+
+
+def narrowed_filter(configured: dict[str, Any] | None, requested: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The filter a request searches under: the configured ``retriever.filter`` and the
+    request's, both; None keeps the configured one alone (also for ``{}``).
+
+    A client narrows what the operator's config serves, never widens it; the Python API, where
+    the caller owns the config, keeps its per-call replacement."""
+    if not requested:
+        return None
+    problem = filter_problem(requested)
+    if problem is not None:
+        raise QueryError(f"filter: {problem}")
+    return {"$and": [configured, requested]} if configured else requested
+
+
+def query_response(query: str, k: int | None, documents: list[Document], started: float) -> QueryResponse:
+    """The answer to a search that began at ``started`` (``time.perf_counter()``)."""
+    reranked = any("rerank_score" in d.metadata for d in documents)
+    return QueryResponse(
+        query=query,
+        k=k,
+        ranked_by="rerank_score" if reranked else "score",
+        took_ms=round(1000 * (time.perf_counter() - started), 2),
+        results=[result_item(rank, d) for rank, d in enumerate(documents, start=1)],
+    )
+
+
+def document_fields(source: Any, documents: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Every text a write carries, named as the request names it (for :func:`refuse_invalid_text`)."""
+    fields: list[tuple[str, Any]] = [("source", source)]
+    for number, document in enumerate(documents):
+        fields += [
+            (f"documents[{number}].content", document.content),
+            (f"documents[{number}].metadata", document.metadata),
+            (f"documents[{number}].id", document.id),
+        ]
+    return fields
+
+
 class PipelineService:
     """The server's adapter over a :class:`~rag_pipeline.service.RetrievalService`: it applies the
     server's checks (``max_k``, filter narrowing, ``max_documents``, text that is not Unicode),
@@ -489,43 +538,13 @@ class PipelineService:
     def ready(self) -> bool:
         return self.service.ready
 
-    def result_count(self, k: int | None) -> int | None:
-        """The request's ``k`` (None: the config's), refused above ``max_k``: a large k makes the
-        first stage, and the reranker, score that many chunks."""
-        if k is not None and k > self.settings.max_k:
-            raise QueryError(
-                f"k: this server answers at most {self.settings.max_k} results per query (serve --max-k); ask for fewer"
-            )
-        return k
-
-    def narrowed_filter(self, requested: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The filter a request searches under: the configured ``retriever.filter`` and the
-        request's, both; None keeps the configured one alone (also for ``{}``).
-
-        A client narrows what the operator's config serves, never widens it; the Python API, where
-        the caller owns the config, keeps its per-call replacement."""
-        if not requested:
-            return None
-        problem = filter_problem(requested)
-        if problem is not None:
-            raise QueryError(f"filter: {problem}")
-        configured = getattr(self.pipeline.config.retriever, "filter", None)
-        return {"$and": [configured, requested]} if configured else requested
-
     def query(self, request: QueryRequest) -> QueryResponse:
         started = time.perf_counter()
         refuse_invalid_text([("query", request.query), ("filter", request.filter)], QueryError)
-        k = self.result_count(request.k)
-        where = self.narrowed_filter(request.filter)
+        k = bounded_k(request.k, self.settings.max_k, "serve --max-k", "query")
+        where = narrowed_filter(getattr(self.pipeline.config.retriever, "filter", None), request.filter)
         documents = self.running().query(request.query, k=k, filter=where)
-        reranked = any("rerank_score" in d.metadata for d in documents)
-        return QueryResponse(
-            query=request.query,
-            k=request.k,
-            ranked_by="rerank_score" if reranked else "score",
-            took_ms=round(1000 * (time.perf_counter() - started), 2),
-            results=[result_item(rank, d) for rank, d in enumerate(documents, start=1)],
-        )
+        return query_response(request.query, request.k, documents, started)
 
     def add_documents(self, request: AddDocumentsRequest) -> Any:
         limit = self.settings.max_documents
@@ -535,14 +554,7 @@ class PipelineService:
                 f"{len(request.documents)} documents in one request; this server takes at most {limit} "
                 "(serve --max-documents). A POST replaces its source whole: split a larger set into several sources",
             )
-        fields: list[tuple[str, Any]] = [("source", request.source)]
-        for number, document in enumerate(request.documents):
-            fields += [
-                (f"documents[{number}].content", document.content),
-                (f"documents[{number}].metadata", document.metadata),
-                (f"documents[{number}].id", document.id),
-            ]
-        refuse_invalid_text(fields, DocumentError)
+        refuse_invalid_text(document_fields(request.source, request.documents), DocumentError)
         documents = [Document(page_content=d.content, metadata=d.metadata, id=d.id) for d in request.documents]
         return jsonable_encoder(self.running().add_documents(documents, source=request.source))
 

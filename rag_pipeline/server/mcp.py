@@ -31,7 +31,6 @@ from __future__ import annotations
 import hmac
 import os
 import sys
-import threading
 import time
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
@@ -46,9 +45,16 @@ from starlette.responses import JSONResponse
 
 from ..errors import ConfigError, DocumentError, QueryError, RagPipelineError, first_line, positive_count
 from ..pipeline import Pipeline
-from ..retrieval.filters import filter_problem
 from ..service import RetrievalService, ServiceSettings
-from .app import DocumentIn, QueryResponse, refuse_invalid_text, result_item
+from .app import (
+    DocumentIn,
+    QueryResponse,
+    bounded_k,
+    document_fields,
+    narrowed_filter,
+    query_response,
+    refuse_invalid_text,
+)
 
 __all__ = ["McpSettings", "create_mcp_server", "run_mcp", "BearerToken", "stdout_to_stderr"]
 
@@ -136,9 +142,6 @@ class _Tools:
         self.pipeline = pipeline
         self.service = service
         self.settings = settings
-        # list_sources reads on a view of its own, never on a reader thread's (see sources())
-        self._sources_view = pipeline if pipeline.state.record_path is None else pipeline.reader()
-        self._sources_lock = threading.Lock()
 
     @staticmethod
     def answer(work: Callable[[], tuple[BaseModel, str]]) -> CallToolResult:
@@ -149,52 +152,19 @@ class _Tools:
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=output.model_dump(mode="json"))
 
     # search ------------------------------------------------------------------------------------------
-    def result_count(self, k: int | None) -> int | None:
-        if k is None:
-            return None
-        if isinstance(k, bool) or k <= 0:
-            raise QueryError(f"k: must be a positive whole number, got {k!r}")
-        if k > self.settings.max_k:
-            raise QueryError(
-                f"k: this server answers at most {self.settings.max_k} results per search (mcp --max-k); ask for fewer"
-            )
-        return k
-
-    def narrowed_filter(self, requested: dict[str, Any] | None) -> dict[str, Any] | None:
-        """As ``serve``'s: the request's filter and the configured ``retriever.filter`` both hold; a
-        client narrows what the operator serves, never widens it."""
-        if not requested:
-            return None
-        problem = filter_problem(requested)
-        if problem is not None:
-            raise QueryError(f"filter: {problem}")
-        configured = getattr(self.pipeline.config.retriever, "filter", None)
-        return {"$and": [configured, requested]} if configured else requested
-
     def search(self, query: str, k: int | None, filter: dict[str, Any] | None) -> tuple[QueryResponse, str]:
         started = time.perf_counter()
         refuse_invalid_text([("query", query), ("filter", filter)], QueryError)
-        count = self.result_count(k)
-        documents = self.service.query(query, k=count, filter=self.narrowed_filter(filter))
-        reranked = any("rerank_score" in d.metadata for d in documents)
-        response = QueryResponse(
-            query=query,
-            k=k,
-            ranked_by="rerank_score" if reranked else "score",
-            took_ms=round(1000 * (time.perf_counter() - started), 2),
-            results=[result_item(rank, d) for rank, d in enumerate(documents, start=1)],
-        )
+        if k is not None and (isinstance(k, bool) or k <= 0):  # (serve's request model refuses these itself)
+            raise QueryError(f"k: must be a positive whole number, got {k!r}")
+        count = bounded_k(k, self.settings.max_k, "mcp --max-k", "search")
+        where = narrowed_filter(getattr(self.pipeline.config.retriever, "filter", None), filter)
+        response = query_response(query, k, self.service.query(query, k=count, filter=where), started)
         return response, render_results(response)
 
     # list_sources -----------------------------------------------------------------------------------
     def sources(self) -> tuple[SourcesResponse, str]:
-        # Under the service's commit gate, held shared as a query holds it: never in the middle of a
-        # write's commit, so a source is listed with all of its chunks or not at all. On a view of
-        # its own (the reader threads' views are theirs alone), one call at a time; listing reads
-        # the index record afresh and checks that the collection exists, which never reopens the
-        # process's shared Chroma view under the readers.
-        with self._sources_lock, self.service.gate.shared():
-            listed = self._sources_view.sources()
+        listed = self.service.index_sources()
         response = SourcesResponse(
             sources=[SourceItem(**info.to_dict()) for info in listed], total_chunks=sum(info.chunks for info in listed)
         )
@@ -202,14 +172,7 @@ class _Tools:
 
     # writes ------------------------------------------------------------------------------------------
     def add_documents(self, source: str, documents: list[DocumentIn]) -> tuple[AddResponse, str]:
-        fields: list[tuple[str, Any]] = [("source", source)]
-        for number, document in enumerate(documents):
-            fields += [
-                (f"documents[{number}].content", document.content),
-                (f"documents[{number}].metadata", document.metadata),
-                (f"documents[{number}].id", document.id),
-            ]
-        refuse_invalid_text(fields, DocumentError)
+        refuse_invalid_text(document_fields(source, documents), DocumentError)
         if not documents:
             raise DocumentError("documents: give at least one {content, metadata?} (to remove a source, call delete)")
         report = self.service.add_documents(
