@@ -94,12 +94,38 @@ def serving(config: Path, *extra: str, env: dict[str, str] | None = None, startu
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (a server drains and exits), then SIGKILL if it has not exited within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a Prometheus text page (``/metrics``), by (name, sorted labels), read with
+    prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def ingested(folder: Path, config: dict) -> tuple[Path, Pipeline]:
+    """``config`` ingested, and written as ``folder/config.yaml``: (that path, the pipeline)."""
+    pipe = Pipeline.from_config(config)
+    pipe.ingest()
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path, pipe
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +137,7 @@ def hybrid_index(tmp_path_factory, sample_corpus, tiny_bge_dir):
         lexical={"type": "bm25"},
         retriever={"type": "hybrid", "k": 3, "fetch_k": 10},
     )
-    pipe = Pipeline.from_config(config)
-    pipe.ingest()
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path, pipe
+    return ingested(folder, config)
 
 
 @pytest.fixture(scope="module")

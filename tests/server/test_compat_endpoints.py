@@ -10,18 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
+pytest.importorskip("prometheus_client.parser")
 
 from conftest import pipeline_config  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
-from serving import http_client, hybrid_index, server, serving  # noqa: E402,F401  (fixtures)
+from serving import http_client, hybrid_index, ingested, server, serving  # noqa: E402,F401  (fixtures)
+from serving import metric_samples as samples  # noqa: E402
 
-from rag_pipeline import Pipeline  # noqa: E402
 from rag_pipeline.service import ServiceSettings  # noqa: E402
 
 TOKEN = "compat-token"
@@ -62,11 +61,7 @@ def reranking_index(tmp_path_factory, sample_corpus, tiny_bge_dir, tiny_reranker
         sample_corpus, folder / "index", str(tiny_bge_dir),
         reranker={"type": "bge-reranker", "model": str(tiny_reranker_dir), "device": "cpu"},
     )
-    pipe = Pipeline.from_config(config)
-    pipe.ingest()
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path, pipe
+    return ingested(folder, config)
 
 
 @pytest.fixture(scope="module")
@@ -308,14 +303,6 @@ def test_more_inputs_than_max_documents_are_a_413(reranking_server):
 
 
 # -- through the service: admission, batching, metrics ---------------------------------------------------
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    found = {}
-    for family in prometheus_parser.text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def test_both_are_service_requests_batched_and_counted(reranking_index):

@@ -22,7 +22,7 @@ import httpx2  # noqa: E402  (the SDK's HTTP client)
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from model_factory import REPO  # noqa: E402
-from serving import free_port, hybrid_index  # noqa: E402,F401  (fixtures)
+from serving import free_port, hybrid_index, stop  # noqa: E402,F401  (fixtures)
 
 from rag_pipeline.cli import main  # noqa: E402
 
@@ -204,12 +204,7 @@ async def test_streamable_http_wants_the_token_and_offers_no_writes_by_default(h
                         d.id for d in pipe.as_retriever(k=2).invoke(QUERY)
                     ]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def test_network_flags_follow_serves_rules(hybrid_index, capsys, monkeypatch):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,9 +11,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
+pytest.importorskip("prometheus_client.parser")
 
 from serving import http_client, hybrid_index, server  # noqa: E402,F401  (fixtures)
+from serving import metric_samples as samples  # noqa: E402
 
 from rag_pipeline.server import ServerSettings  # noqa: E402
 from rag_pipeline.service import ServiceSettings  # noqa: E402
@@ -27,15 +27,6 @@ QUERIES = [
     "water the garden",
     "tides and the moon",
 ]
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of a Prometheus text page, by (name, sorted labels)."""
-    found = {}
-    for family in prometheus_parser.text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def test_ready_and_metrics_count_the_requests_made(hybrid_index):
