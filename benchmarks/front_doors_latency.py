@@ -29,7 +29,6 @@ from urllib.parse import urlparse
 import harness
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from rag_pipeline import Pipeline
 from rag_pipeline.config import parse_override
 
 REPO = harness.REPO
@@ -87,19 +86,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="compat-bench-") as folder:
         overrides = dict(parse_override(o) for o in args.overrides)
-        overrides.update({
-            "vectorstore.persist_directory": str(Path(folder) / "index"),
-            "loader.show_progress": False,
-            "embeddings.show_progress": False,
-        })
-        pipe = Pipeline.from_yaml(args.config, overrides)
-        report = pipe.ingest()
+        pipe, config_path, report = harness.ingested_copy(args.config, Path(folder), overrides)
         queries = pipe.sample_queries()
         chunks = [row["content"] for row in pipe.export()]
         if len(chunks) < 32:
             raise SystemExit(f"the index has {len(chunks)} chunks; 32 are needed for the 32-input calls")
-        config_path = Path(folder) / "config.yaml"
-        config_path.write_text(pipe.config.to_yaml(), encoding="utf-8")
 
         kinds = {
             "embeddings_1": lambda i: ("/v1/embeddings", {"input": [chunks[i % len(chunks)]], "model": "m",

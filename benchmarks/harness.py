@@ -383,6 +383,28 @@ def tiny_bi_encoder(folder: Path) -> Path:
 
 
 # -- a served config -----------------------------------------------------------------------------------
+def ingested_copy(config: str | Path, folder: Path, overrides: dict[str, Any] | None = None, *, start_from: Path | None = None):
+    """The config's corpus ingested into ``folder/index`` (``overrides`` on top, progress bars
+    off), and the resolved config written to ``folder/config.yaml`` for a server to load:
+    ``(pipeline, that path, the ingest report)``. ``start_from``: an index folder copied there
+    first (an earlier run's, so that only what changed is embedded)."""
+    from rag_pipeline import Pipeline
+
+    index = folder / "index"
+    if start_from is not None and start_from.is_dir():
+        shutil.copytree(start_from, index)
+    pipe = Pipeline.from_yaml(config, {
+        **(overrides or {}),
+        "vectorstore.persist_directory": str(index),
+        "loader.show_progress": False,
+        "embeddings.show_progress": False,
+    })
+    report = pipe.ingest()
+    config_path = folder / "config.yaml"
+    config_path.write_text(pipe.config.to_yaml(), encoding="utf-8")
+    return pipe, config_path, report
+
+
 def free_port() -> int:
     import socket
 

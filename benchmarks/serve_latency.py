@@ -29,7 +29,6 @@ from pathlib import Path
 from urllib.parse import urlencode, urlparse
 
 import harness
-from rag_pipeline import Pipeline
 from rag_pipeline.config import parse_override
 
 REPO = harness.REPO
@@ -86,16 +85,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as folder:
         overrides = dict(parse_override(o) for o in args.overrides)
-        overrides.update({
-            "vectorstore.persist_directory": str(Path(folder) / "index"),
-            "loader.show_progress": False,
-            "embeddings.show_progress": False,
-        })
-        pipe = Pipeline.from_yaml(args.config, overrides)
-        report = pipe.ingest()
+        pipe, config_path, report = harness.ingested_copy(args.config, Path(folder), overrides)
         queries = pipe.sample_queries()
-        config_path = Path(folder) / "config.yaml"
-        config_path.write_text(pipe.config.to_yaml(), encoding="utf-8")
 
         retriever = pipe.as_retriever()
         with harness.serving(config_path) as server_url:

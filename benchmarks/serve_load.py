@@ -33,7 +33,6 @@ import json
 import os
 import queue
 import random
-import shutil
 import statistics
 import tempfile
 import threading
@@ -307,21 +306,9 @@ def stage_times(pipe, queries: list[str]) -> dict[str, float]:
 
 # -- one config ------------------------------------------------------------------------------------------
 def prepare(name: str, folder: Path):
-    from rag_pipeline import Pipeline
-
-    index = folder / "index"
-    if name in PREBUILT and PREBUILT[name].is_dir():
-        shutil.copytree(PREBUILT[name], index)
-    pipe = Pipeline.from_yaml(CONFIGS[name], {
-        "vectorstore.persist_directory": str(index),
-        "loader.show_progress": False,
-        "embeddings.show_progress": False,
-    })
     started = time.perf_counter()
-    report = pipe.ingest()
+    pipe, config_path, report = harness.ingested_copy(CONFIGS[name], folder, start_from=PREBUILT.get(name))
     print(f"[{name}] index ready: {report.collection_count} chunks ({time.perf_counter() - started:.0f} s)", flush=True)
-    config_path = folder / "config.yaml"
-    config_path.write_text(pipe.config.to_yaml(), encoding="utf-8")
     return pipe, config_path, report.collection_count
 
 
