@@ -13,6 +13,7 @@ from .embeddings import bge  # noqa: F401
 from .embeddings import bge_m3  # noqa: F401
 from .lexical import bm25  # noqa: F401
 from .lexical import m3_sparse  # noqa: F401
+from .lexical import tantivy_index  # noqa: F401
 from .loaders import directory  # noqa: F401
 from .rerankers import bge_reranker  # noqa: F401
 from .retrieval import retriever  # noqa: F401

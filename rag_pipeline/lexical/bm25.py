@@ -74,14 +74,12 @@ def build_bm25(config: "BM25Config", embeddings: Any = None) -> "BM25Index":
     return BM25Index(config)  # (BM25 tokenizes by itself: the embedder is not needed)
 
 
-@register("lexical", "bm25", build_bm25)
-class BM25Config(StageConfig):
-    """BM25 over the chunks' words. Defaults: Lucene's scoring, English stemming and stopwords."""
+class WordsConfig(StageConfig):
+    """What turns text into the words BM25 counts, and how it weighs them: shared by every lexical
+    index that scores BM25 over words (``bm25``, ``tantivy``), so the same settings mean the same."""
 
-    type: Literal["bm25"] = "bm25"
     k1: float = Field(1.2, ge=0, description="Term-frequency saturation (Lucene's default 1.2).")
     b: float = Field(0.75, ge=0, le=1, description="Length normalisation (0: none, 1: full).")
-    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
     stemmer: str | None = Field("english", description="A Snowball (PyStemmer) language, or null for no stemming.")
     stopwords: str | list[str] | None = Field(
         "english", description="A language whose bm25s stopword list is removed, a list of words, or null."
@@ -103,6 +101,33 @@ class BM25Config(StageConfig):
             )
         return value
 
+
+class WordTokenizer:
+    """Text -> the words BM25 counts: bm25s's tokenizer (lower case, words of two or more word
+    characters), the config's stopwords removed, then its Snowball stemmer."""
+
+    def __init__(self, config: WordsConfig):
+        self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+        stopwords = config.stopwords
+        self._stopwords = list(stopword_lists()[stopwords]) if isinstance(stopwords, str) else list(stopwords or [])
+
+    def __call__(self, texts: Sequence[str]) -> list[list[str]]:
+        return _bm25s().tokenize(
+            list(texts), stopwords=self._stopwords, stemmer=self._stemmer, return_ids=False, show_progress=False
+        )
+
+    def ids(self, texts: Sequence[str]) -> Any:
+        """bm25s's own form (token ids and vocabulary), what its index is built from."""
+        return _bm25s().tokenize(list(texts), stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False)
+
+
+@register("lexical", "bm25", build_bm25)
+class BM25Config(WordsConfig):
+    """BM25 over the chunks' words. Defaults: Lucene's scoring, English stemming and stopwords."""
+
+    type: Literal["bm25"] = "bm25"
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+
     def settings_key(self) -> str:
         """What decides the matrices built from the same texts (their folder's name)."""
         data = self.model_dump(mode="json", exclude={"type"})
@@ -117,9 +142,7 @@ class BM25Index(MatrixIndex):
 
     def __init__(self, config: BM25Config):
         super().__init__(config)
-        self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
-        stopwords = config.stopwords
-        self._stopwords = list(stopword_lists()[stopwords]) if isinstance(stopwords, str) else list(stopwords or [])
+        self.tokenize = WordTokenizer(config)
 
     def _new_view(self) -> "BM25Index":
         return BM25Index(self.config)
@@ -129,11 +152,6 @@ class BM25Index(MatrixIndex):
             self._table(create=True).upsert(chunks)
 
     # -- search ------------------------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        return _bm25s().tokenize(
-            list(texts), stopwords=self._stopwords, stemmer=self._stemmer, return_ids=False, show_progress=False
-        )
-
     def search_batch_text(
         self, queries: Sequence[str], k: int, where: Any = None, *, with_text: bool = True
     ) -> list[list[Document]]:
@@ -156,9 +174,7 @@ class BM25Index(MatrixIndex):
         key = self._key(version)
         if not rows:
             return Built(key, None, [])
-        tokens = _bm25s().tokenize(
-            [text for _, text in rows], stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False
-        )
+        tokens = self.tokenize.ids([text for _, text in rows])
         model = _bm25s().BM25(k1=self.config.k1, b=self.config.b, method=self.config.method)
         model.index(tokens, show_progress=False)
         return Built(key, model, [chunk_id for chunk_id, _ in rows])

@@ -1,5 +1,5 @@
 """One conformance suite for every index of chunks, as Haystack checks its document stores: each
-test runs against Chroma (embedded, in a folder), FAISS, BM25, BGE-M3 sparse and a brute-force
+test runs against Chroma (embedded, in a folder), FAISS, BM25 (bm25s and tantivy), BGE-M3 sparse and a brute-force
 store written here, and checks a member of the index's protocol (``VectorIndex`` or
 ``LexicalIndex``, both ``Generations``) by what it does, not by its presence alone.
 
@@ -216,8 +216,14 @@ def _bm25(folder):
     return BM25Index(BM25Config())
 
 
+def _tantivy(folder):
+    from rag_pipeline.lexical.tantivy_index import TantivyConfig, TantivyIndex
+
+    return TantivyIndex(TantivyConfig())
+
+
 DENSE = ["chroma", "faiss", "brute-force"]
-LEXICAL = ["bm25", "m3-sparse"]
+LEXICAL = ["bm25", "tantivy", "m3-sparse"]
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +240,7 @@ def make_kind(name: str, request) -> Kind:
 
         embedder = request.getfixturevalue("m3_embedder")
         return LexicalKind(name, lambda folder: M3SparseIndex(M3SparseConfig(), embedder))
-    builders = {"chroma": _chroma, "faiss": _faiss, "brute-force": _brute_force, "bm25": _bm25}
+    builders = {"chroma": _chroma, "faiss": _faiss, "brute-force": _brute_force, "bm25": _bm25, "tantivy": _tantivy}
     return (DenseKind if name in DENSE else LexicalKind)(name, builders[name])
 
 
