@@ -194,12 +194,11 @@ def run_all(sizes: list[str]) -> list[dict]:
         for engine in ENGINES:
             work = Path(tempfile.mkdtemp(prefix=f"lexical-{engine}-{size}-"))
             try:
-                done = subprocess.run(
-                    [sys.executable, __file__, "_worker", engine, size, str(work)],
-                    check=True, capture_output=True, text=True,
-                )
+                done = subprocess.run([sys.executable, __file__, "_worker", engine, size, str(work)], capture_output=True, text=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{engine} at {size} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -77,6 +77,7 @@ def test_statistics_stay_exact_through_rewrites_and_deletes_in_place(tmp_path, c
     left.update({c.id: c for c in rewritten})
     left.update({c.id: c for c in chunks[2:10:3]})
     assert index.ids() == set(left)
+    assert index._table().meta("counted_chunks") == str(len(left))  # (what N is read from, not COUNT(*))
     assert ranked(index) == ranked(index_of("bm25", None, list(left.values())))
     # a new view over the same folder (another process) reads the same
     reader = TantivyIndex(TantivyConfig())
