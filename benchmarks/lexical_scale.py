@@ -1,8 +1,8 @@
 """The lexical indexes side by side: ``bm25`` (bm25s, rebuilt after a change) and ``tantivy``
 (changed in place), on SciFact and on collections of 100,000 and 1,000,000 chunks.
 
-    python benchmarks/lexical_scale.py scifact             # quality and costs on SciFact's 5,183 abstracts
-    python benchmarks/lexical_scale.py scale 100000 1000000
+    python benchmarks/lexical_scale.py scifact              # results/lexical-scifact.md: quality and costs on SciFact
+    python benchmarks/lexical_scale.py scale 100000 1000000  # results/lexical-scale.md
 
 Lexical index only (no embedding, no dense index): what is timed is the index's own work. Each
 engine and size runs in its own process, one after the other (peak memory is that process's).
@@ -247,7 +247,7 @@ def main() -> None:
         f"Machine: {env['cpu_model']}, {os.cpu_count()} cores; load average at the end {env['load_average']}; "
         f"bm25s {bm25s.__version__}, tantivy {tantivy.__version__}.\n\n{markdown(rows)}\n"
     )
-    harness.record_run("lexical-scale", harness.run_label(f"{harness.utc_now()} {args.what}"), markdown=body, data=rows)
+    harness.record_run(f"lexical-{args.what}", harness.run_label(), markdown=body, data=rows)
 
 
 if __name__ == "__main__":

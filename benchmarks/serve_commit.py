@@ -4,6 +4,7 @@ the cache) and the commit, during which queries wait.
 
     python benchmarks/serve_commit.py                      # SciFact hybrid (dense + BM25), 3 rounds
     python benchmarks/serve_commit.py --config quickstart
+    python benchmarks/serve_commit.py --lexical tantivy    # the hybrid config with another lexical.type
 
 Prints each round's seconds; writes nothing.
 """
@@ -26,9 +27,10 @@ def main() -> None:
     parser.add_argument("--config", choices=list(serve_load.CONFIGS), default="scifact-hybrid")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--lexical", choices=["bm25", "tantivy"], default=None, help="lexical.type (default: the config file's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-commit-") as folder:
-        pipe, _, _ = serve_load.prepare(args.config, Path(folder))
+        pipe, _, _ = serve_load.prepare(args.config, Path(folder), args.lexical)
         texts = serve_load.abstracts(args.rounds * args.batch, seed=1)
         marks: dict[str, float] = {}
         settings = ServiceSettings(before_commit=lambda kind: marks.__setitem__("commit", time.perf_counter()))

@@ -305,16 +305,19 @@ def stage_times(pipe, queries: list[str]) -> dict[str, float]:
 
 
 # -- one config ------------------------------------------------------------------------------------------
-def prepare(name: str, folder: Path):
+def prepare(name: str, folder: Path, lexical: str | None = None):
+    """The config's index ready in ``folder``; ``lexical``: another ``lexical.type`` for a config
+    that has the section (the prebuilt index's chunk table is kept; the ingest brings it up to date)."""
     started = time.perf_counter()
-    pipe, config_path, report = harness.ingested_copy(CONFIGS[name], folder, start_from=PREBUILT.get(name))
+    overrides = {"lexical.type": lexical} if lexical and name != "quickstart" else None
+    pipe, config_path, report = harness.ingested_copy(CONFIGS[name], folder, overrides, start_from=PREBUILT.get(name))
     print(f"[{name}] index ready: {report.collection_count} chunks ({time.perf_counter() - started:.0f} s)", flush=True)
     return pipe, config_path, report.collection_count
 
 
 def run_config(name: str, args, queries: list[str], texts: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"serve-load-{name}-") as folder:
-        pipe, config_path, chunks = prepare(name, Path(folder))
+        pipe, config_path, chunks = prepare(name, Path(folder), args.lexical)
         stages = stage_times(pipe, queries[:100])
         print(f"[{name}] stages (ms, p50 of 100 lone queries): {stages}", flush=True)
         limits = ["--max-k", str(4 * args.batch)]
@@ -339,6 +342,7 @@ def run_config(name: str, args, queries: list[str], texts: list[str]) -> dict:
     http_share = round(lone["p50_ms"] - lone["server_p50_ms"], 1) if lone else None
     return {
         "config": os.path.relpath(CONFIGS[name], REPO),
+        "lexical": pipe.config.lexical.type if pipe.config.lexical is not None else None,
         "chunks": chunks,
         "levels": levels,
         "idle_readers": idle,
@@ -363,7 +367,7 @@ def render(results: dict, args, command: str, env: dict) -> str:
         levels = result["levels"]
         lines += [
             "",
-            f"## {name} ({result['config']}, {result['chunks']} chunks)",
+            f"## {name} ({result['config']}{', lexical.type ' + result['lexical'] if result.get('lexical') else ''}, {result['chunks']} chunks)",
             "",
             "| clients | serial q/s | concurrent q/s | ratio | serial p50 / p95 / p99 ms | concurrent p50 / p95 / p99 ms | errors (serial, concurrent) |",
             "|---:|---:|---:|---:|---|---|---|",
@@ -408,6 +412,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="label of this run in the results page")
+    parser.add_argument("--lexical", choices=["bm25", "tantivy"], default=None,
+                        help="lexical.type for the hybrid config (default: the config file's)")
     args = parser.parse_args()
     command = harness.command_line(__file__)
     env = harness.environment()

@@ -47,8 +47,10 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("chunker", "recursive", needs=("embeddings",)),
     StageKind("vectorstore", "chroma", needs=("embeddings",), indexes=True),
     StageKind("reranker", "bge-reranker", optional=True),
-    # a lexical index beside the dense one (hybrid retrieval); BGE-M3's sparse index encodes with the embedder
-    StageKind("lexical", "bm25", optional=True, needs=("embeddings",), indexes=True),
+    # a lexical index beside the dense one (hybrid retrieval); BGE-M3's sparse index encodes with the embedder.
+    # tantivy by default: the same BM25 scores as bm25 (bm25s), and a change costs what it changes
+    # instead of a rebuild (benchmarks/results/lexical-scale.md); bm25 suits a collection that never changes.
+    StageKind("lexical", "tantivy", optional=True, needs=("embeddings",), indexes=True),
     StageKind("retriever", "dense", needs=("embeddings", "vectorstore", "reranker", "lexical")),
 )
 KINDS: dict[str, StageKind] = {kind.name: kind for kind in STAGE_KINDS}
