@@ -53,6 +53,7 @@ MAX_WORD_BYTES = 1000
 # the candidates instead (it keeps most of them).
 MAX_FILTER_IDS = 20_000
 WORDS_TOKENIZER = "rag_pipeline_words"
+ID_TOKENIZER = "rag_pipeline_id"
 
 
 def stored_words(words: Sequence[str]) -> str:
@@ -196,7 +197,7 @@ class _Engine:
 
         self.tantivy = tantivy
         builder = tantivy.SchemaBuilder()
-        builder.add_text_field("id", stored=True, tokenizer_name="raw")
+        builder.add_text_field("id", stored=True, tokenizer_name=ID_TOKENIZER)
         builder.add_text_field("words", stored=False, tokenizer_name=WORDS_TOKENIZER, index_option="freq")
         self.schema = builder.build()
         if folder is not None:
@@ -206,6 +207,9 @@ class _Engine:
         # tantivy's own "whitespace", which drops words longer than 40 bytes. (Tokenizers are not
         # stored with the index: registered at every open.)
         self.index.register_tokenizer(WORDS_TOKENIZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
+        # An id is one term whatever its length (tantivy's own "raw" drops one past 255 bytes, and
+        # a delete by such an id would then miss it).
+        self.index.register_tokenizer(ID_TOKENIZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw()).build())
         self._writer: Any = None
         self._seen: Any = None
         self._searcher: Any = None

@@ -183,3 +183,21 @@ def test_switching_lexical_type_keeps_the_chunks_and_the_next_write_brings_tanti
         reader.upsert_texts(chunks[60:62])
     assert ranked(reader) == ranked(index_of("bm25", None, chunks[10:62]))
     assert reader._engine().searcher(object()).num_docs == 52
+
+
+def test_an_id_of_any_length_is_replaced_and_deleted_in_tantivy_too(tmp_path):
+    """Chunk ids from code can be long; tantivy's own raw tokenizer drops a term past 255 bytes,
+    which would make every rewrite a duplicate and every delete a miss."""
+    long_id = "doc/" + "x" * 400
+    index = TantivyIndex(TantivyConfig())
+    index.place(tmp_path / "t", "test")
+    engine = index._engine()
+    with index.writing():
+        index.upsert_texts([Document(page_content="moon landing", id=long_id), Document(page_content="green tea", id="b")])
+    with index.writing():
+        index.upsert_texts([Document(page_content="moon landing again", id=long_id)])
+    assert engine.searcher(index._table().version()).num_docs == 2
+    with index.writing():
+        index.delete([long_id])
+    assert engine.searcher(index._table().version()).num_docs == 1
+    assert index.search_batch_text(["moon"], 5) == [[]]
