@@ -162,7 +162,8 @@ def worker(work: Path) -> dict:
     result["unchanged_reingest_s"] = time.perf_counter() - start
     assert again.files_unchanged == report.files_seen, again.summary()
 
-    edited = work / "corpus" / "part-00005.jsonl"
+    files = sorted((work / "corpus").glob("*.jsonl"))
+    edited = files[len(files) // 2]
     lines = edited.read_text(encoding="utf-8").splitlines()
     record = json.loads(lines[0])
     record["text"] += " Edited."

@@ -148,9 +148,10 @@ TOPICS = {
 }
 
 
-@pytest.fixture
-def small_index(tmp_path, tiny_bge_dir):
-    """A hybrid index of six short files (each test writes into its own)."""
+@pytest.fixture(params=["tantivy", "bm25"])
+def small_index(request, tmp_path, tiny_bge_dir):
+    """A hybrid index of six short files (each test writes into its own), with each lexical index:
+    tantivy changes in place, bm25s rebuilds at the commit."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for topic, text in TOPICS.items():
@@ -158,7 +159,7 @@ def small_index(tmp_path, tiny_bge_dir):
     config = pipeline_config(
         corpus, tmp_path / "index", str(tiny_bge_dir),
         chunker={"type": "recursive", "chunk_size": 200, "chunk_overlap": 0},
-        lexical={"type": "bm25"},
+        lexical={"type": request.param},
         retriever={"type": "hybrid", "k": 3, "fetch_k": 10},
     )
     pipe = Pipeline.from_config(config)

@@ -332,21 +332,43 @@ class ChromaStore(VectorStoreBase, GenerationsBase):
             raise ValueError("one vector per chunk")
         for start in range(0, len(chunks), self.max_batch_size):
             part = chunks[start : start + self.max_batch_size]
-            ids = [c.id for c in part]
+            part_vectors = np.asarray(vectors[start : start + self.max_batch_size], dtype=np.float32)
             metadatas = [stored_metadata(c.metadata) for c in part]
-            # Chroma's upsert merges into a held record's metadata, so a key the chunk no longer
-            # has (an HTML title removed) would survive; None tells Chroma to remove it.
-            held = self.collection.get(ids=ids, include=["metadatas"])
-            old_keys = {i: (m or {}).keys() for i, m in zip(held["ids"], held["metadatas"])}
-            for identifier, metadata in zip(ids, metadatas):
-                metadata.update({key: None for key in old_keys.get(identifier, ()) if key not in metadata})
+            held_by_id = self._held_records([c.id for c in part])
+            # A chunk held already with the same text, metadata and vector is not written again:
+            # re-ingesting a changed file rewrites all its chunks, and rewriting an unchanged one
+            # costs an HNSW update for nothing (most of a one-line edit's time in a large file).
+            changed = [
+                n for n, (chunk, metadata) in enumerate(zip(part, metadatas))
+                if not _holds_the_same(held_by_id.get(chunk.id), chunk.page_content, metadata, part_vectors[n])
+            ]
+            if not changed:
+                continue
+            for n in changed:
+                # Chroma's upsert merges into a held record's metadata, so a key the chunk no longer
+                # has (an HTML title removed) would survive; None tells Chroma to remove it.
+                old_keys = held_by_id.get(part[n].id, ({}, None, None))[0].keys()
+                metadatas[n].update({key: None for key in old_keys if key not in metadatas[n]})
             self.collection.upsert(
-                ids=ids,
-                embeddings=np.asarray(vectors[start : start + self.max_batch_size], dtype=np.float32),
-                documents=[c.page_content for c in part],
-                metadatas=[m or None for m in metadatas],  # Chroma refuses {} (a document from code may have none)
+                ids=[part[n].id for n in changed],
+                embeddings=part_vectors[changed],
+                documents=[part[n].page_content for n in changed],
+                metadatas=[metadatas[n] or None for n in changed],  # Chroma refuses {} (a document from code may have none)
             )
             self._writes += 1
+
+    def _held_records(self, ids: list[str]) -> dict[str, tuple[dict, str | None, Any]]:
+        """(metadata, document, embedding) of each of ``ids`` the collection holds. After a killed
+        write, Chroma may list an id whose vector its index lacks and refuse to read the vectors:
+        then only the metadata is read, and every chunk counts as changed."""
+        from chromadb.errors import ChromaError
+
+        try:
+            held = self.collection.get(ids=ids, include=["metadatas", "documents", "embeddings"])
+            return {i: (m or {}, d, e) for i, m, d, e in zip(held["ids"], held["metadatas"], held["documents"], held["embeddings"])}
+        except ChromaError:
+            held = self.collection.get(ids=ids, include=["metadatas"])
+            return {i: (m or {}, None, None) for i, m in zip(held["ids"], held["metadatas"])}
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in batches(list(ids), self.max_batch_size):
@@ -480,6 +502,20 @@ class ChromaStore(VectorStoreBase, GenerationsBase):
                 documents.append(Document(page_content=text or "", metadata=metadata, id=identifier))
             results.append(documents)
         return results
+
+
+def _holds_the_same(held: tuple[dict, str | None, Any] | None, text: str, metadata: dict, vector: np.ndarray) -> bool:
+    """Whether a held record (metadata, document, embedding) is what an upsert would write."""
+    if held is None:
+        return False
+    held_metadata, held_text, held_vector = held
+    return (
+        held_text == text
+        and held_metadata == metadata
+        and held_vector is not None
+        # (to float32's precision: Chroma may hand back a cosine collection's vector normalised)
+        and np.allclose(np.asarray(held_vector, dtype=np.float32), vector, rtol=1e-6, atol=1e-7)
+    )
 
 
 class _ServerCalls:

@@ -65,7 +65,7 @@ def wait_for(path: Path, timeout: float = 120) -> None:
 def index_config(tmp_path, sample_corpus, tiny_bge_dir) -> Path:
     config = pipeline_config(
         sample_corpus, tmp_path / "index", str(tiny_bge_dir),
-        lexical={"type": "bm25"},
+        lexical={"type": "tantivy"},  # the default: changed in place, so a kill can leave it ahead of its table
         retriever={"type": "hybrid", "k": 3, "fetch_k": 20},
     )
     Pipeline.from_config(config).ingest()

@@ -149,3 +149,26 @@ def test_embedding_cache_is_keyed_by_truncation_length_too(small_corpus, tmp_pat
         **{"embeddings.max_seq_length": 8, "vectorstore.collection": "short-again"},
     ).ingest()
     assert (again.added, again.embedded) == (3, 0)  # same settings: all from the cache
+
+
+def test_an_upsert_writes_only_what_differs_from_what_is_held(tmp_path, monkeypatch):
+    """Re-ingesting a changed file upserts all its chunks; the unchanged ones (same text, metadata
+    and vector) are not written to Chroma again, and a change in any of the three is."""
+    store = ChromaStore(ChromaStoreConfig(persist_directory=tmp_path / "index"), FixedEmbeddings())
+    names = list(VECTORS)
+    chunks = [Document(page_content=name, metadata={"source": name, "title": "t"}, id=name) for name in names]
+    vectors = np.array([VECTORS[name] for name in names])
+    store.upsert(chunks, vectors)
+    written: list[list[str]] = []
+    upsert = store.collection.upsert
+    monkeypatch.setattr(store.collection, "upsert", lambda **kw: (written.append(kw["ids"]), upsert(**kw)))
+    version = store.content_version()
+    store.upsert(chunks, vectors)
+    assert written == [] and store.content_version() == version
+    changed_text = Document(page_content="near, reworded", metadata={"source": "near", "title": "t"}, id="near")
+    dropped_key = Document(page_content="half", metadata={"source": "half"}, id="half")
+    store.upsert([changed_text, dropped_key, chunks[2]], np.array([VECTORS["near"], VECTORS["half"], -vectors[2]]))
+    assert written == [["near", "half", "away"]] and store.content_version() != version
+    held = {d.id: d for d in store.documents(names)}
+    assert held["near"].page_content == "near, reworded" and "title" not in held["half"].metadata
+    assert np.allclose(store.vectors(["away"])[0], -vectors[2], atol=1e-5)  # a new vector alone is written too
