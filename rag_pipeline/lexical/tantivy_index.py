@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import logging
+import shutil
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -188,6 +189,10 @@ class WordsTable(ChunkTable):
         return count, total, held
 
 
+class OtherSchema(Exception):
+    """The folder holds a tantivy index of another schema (made by another version of this code)."""
+
+
 class _Engine:
     """One collection's tantivy index: opened once per process (shared by every view), a writer
     held only while a write session needs it, and a searcher reloaded when the table moved."""
@@ -202,7 +207,12 @@ class _Engine:
         self.schema = builder.build()
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-        self.index = tantivy.Index(self.schema, path=str(folder) if folder is not None else None)
+        try:
+            self.index = tantivy.Index(self.schema, path=str(folder) if folder is not None else None)
+        except ValueError as exc:  # tantivy's "an index exists but the schema does not match"
+            if "schema" not in str(exc).lower():
+                raise
+            raise OtherSchema(str(exc)) from None
         # The words arrive made (WordTokenizer): split on spaces, nothing dropped or changed. Not
         # tantivy's own "whitespace", which drops words longer than 40 bytes. (Tokenizers are not
         # stored with the index: registered at every open.)
@@ -279,6 +289,7 @@ class TantivyIndex(TableIndex):
         self.tokenize = WordTokenizer(config)
         self._engines: dict[str, _Engine] = {}  # per collection, shared by views like the tables
         self._filters: dict[str, tuple[Any, set[str]]] = {}
+        self._remake: set[str] = set()  # collections whose tantivy folder was of another schema
 
     # -- where ---------------------------------------------------------------------------------------
     def place(self, root: Path | None, collection: str) -> None:
@@ -295,7 +306,19 @@ class TantivyIndex(TableIndex):
         name = name or self.collection_name
         if name not in self._engines:
             folder = self.folder(name)
-            self._engines[name] = _Engine(folder / ENGINE_FOLDER if folder is not None else None)
+            path = folder / ENGINE_FOLDER if folder is not None else None
+            try:
+                self._engines[name] = _Engine(path)
+            except OtherSchema:
+                # Derived data: the chunk table is the truth, so a writer makes it again from there.
+                if not self._writing or path is None:
+                    raise ConfigError(
+                        f"the tantivy index of collection {name!r} was made by another version of rag-pipeline; "
+                        "run `rag-pipeline ingest CONFIG` once to rebuild it from the stored chunks"
+                    ) from None
+                shutil.rmtree(path)
+                self._engines[name] = _Engine(path)
+                self._remake.add(name)
         return self._engines[name]
 
     def drop_collection(self, name: str) -> None:
@@ -323,8 +346,10 @@ class TantivyIndex(TableIndex):
     # -- writing ---------------------------------------------------------------------------------------
     def _session_starts(self) -> None:
         table = self._table(create=True)  # an ingest of an empty corpus still leaves an (empty) index
-        if not table.in_step(self.config.words_key()):
+        self._engine()
+        if self.collection_name in self._remake or not table.in_step(self.config.words_key()):
             self._convert(table)
+            self._remake.discard(self.collection_name)
 
     def _convert(self, table: WordsTable) -> None:
         """Make every chunk's words and the statistics again, and the tantivy index from them: the

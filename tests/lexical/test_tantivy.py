@@ -201,3 +201,30 @@ def test_an_id_of_any_length_is_replaced_and_deleted_in_tantivy_too(tmp_path):
         index.delete([long_id])
     assert engine.searcher(index._table().version()).num_docs == 1
     assert index.search_batch_text(["moon"], 5) == [[]]
+
+
+def test_a_tantivy_folder_of_another_schema_is_rebuilt_by_the_next_writer(tmp_path, chunks):
+    """The tantivy folder is derived from the chunk table: one made by another version of the
+    code (another schema) is refused by a reader with the remedy and remade by a write session."""
+    import shutil
+
+    import tantivy
+
+    root = tmp_path / "t"
+    index_of("tantivy", root, chunks[:30])
+    engine_folder = root / "test" / ENGINE_FOLDER
+    shutil.rmtree(engine_folder)
+    engine_folder.mkdir()
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("something_else", stored=True)
+    tantivy.Index(builder.build(), path=str(engine_folder))
+
+    reader = TantivyIndex(TantivyConfig())
+    reader.place(root, "test")
+    with pytest.raises(ConfigError, match="rag-pipeline ingest"):
+        reader.search_batch_text(["water"], 3)
+    writer = TantivyIndex(TantivyConfig())
+    writer.place(root, "test")
+    with writer.writing():
+        pass
+    assert ranked(writer) == ranked(index_of("bm25", None, chunks[:30])) and any(ranked(writer))
