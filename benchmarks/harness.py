@@ -247,6 +247,15 @@ def run_timed(command: list[str], env: dict[str, str] | None = None) -> tuple[su
     return done, wall, cpu
 
 
+def json_from_script(script: str | Path, *args: str, what: str) -> dict:
+    """Run ``python SCRIPT ARGS`` in a fresh process (its own peak memory) and return the JSON it
+    printed last; a failure stops the benchmark with ``what`` and the end of its stderr."""
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_worker(mode: str, *args: str, env: dict[str, str] | None = None) -> dict:
     """One ``bench_worker.py`` measurement in a fresh process: the JSON it printed last, with the
     process's wall and CPU seconds (interpreter, imports and model load included)."""

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -194,12 +193,9 @@ def run_all(sizes: list[str]) -> list[dict]:
         for engine in ENGINES:
             work = Path(tempfile.mkdtemp(prefix=f"lexical-{engine}-{size}-"))
             try:
-                done = subprocess.run([sys.executable, __file__, "_worker", engine, size, str(work)], capture_output=True, text=True)
+                rows.append(harness.json_from_script(__file__, "_worker", engine, size, str(work), what=f"{engine} at {size}"))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{engine} at {size} failed:\n{done.stderr[-3000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     return rows
 

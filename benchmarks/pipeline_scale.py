@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -230,12 +229,9 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"pipeline-scale-{size}-"))
         try:
             write_corpus(work, size)
-            done = subprocess.run([sys.executable, __file__, "_worker", str(work)], capture_output=True, text=True)
+            rows.append(harness.json_from_script(__file__, "_worker", str(work), what=f"{size} chunks"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{size} chunks failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     env = harness.environment()
     body = (
