@@ -420,7 +420,8 @@ class TantivyIndex(TableIndex):
         count, total, held = table.statistics(sorted({w for words in query_words for w in words}))
         average = total / count if count else 0.0
         allowed = self._allowed(table, where) if where is not None else None
-        depth = max(self.config.candidates * k, k + 50)
+        # (never more than the index holds: tantivy sizes its top-k heap by the depth asked)
+        depth = min(max(self.config.candidates * k, k + 50), count + 50)
         hits: list[list[tuple[str, float]]] = []
         for words in query_words:
             words = [w for w in words if w in held]  # a word no live chunk holds scores nothing
@@ -441,7 +442,7 @@ class TantivyIndex(TableIndex):
             ids, more = engine.candidates(searcher, unique, depth, allowed if small_filter else None)
             if allowed is not None and not small_filter:
                 ids = [i for i in ids if i in allowed]
-            if len(ids) >= k + 50 or not more:
+            if len(ids) >= k + 50 or not more or depth > count:
                 break
             depth *= 4  # a broad filter dropped most candidates: look deeper
         k1, b = self.config.k1, self.config.b

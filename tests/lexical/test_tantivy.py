@@ -228,3 +228,11 @@ def test_a_tantivy_folder_of_another_schema_is_rebuilt_by_the_next_writer(tmp_pa
     with writer.writing():
         pass
     assert ranked(writer) == ranked(index_of("bm25", None, chunks[:30])) and any(ranked(writer))
+
+
+def test_a_huge_k_asked_of_the_index_itself_returns_what_it_holds(tmp_path, chunks):
+    """The retriever bounds k; the index's own API must too (tantivy sizes its heap by the limit)."""
+    index = index_of("tantivy", tmp_path / "t", chunks[:20])
+    [hits] = index.search_batch_text(["water"], 10**18)
+    assert hits and len(hits) <= 20
+    assert [(d.id, round(d.metadata["score"], 4)) for d in hits] == ranked(index_of("bm25", None, chunks[:20]), ["water"], k=10**18)[0]

@@ -9,8 +9,8 @@ from rag_pipeline import Pipeline
 from rag_pipeline.errors import ConfigError, QueryError
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory, tiny_bge_dir):
+@pytest.fixture(scope="module", params=["tantivy", "bm25"])
+def pipe(request, tmp_path_factory, tiny_bge_dir):
     from conftest import pipeline_config
 
     root = tmp_path_factory.mktemp("hostile")
@@ -18,7 +18,7 @@ def pipe(tmp_path_factory, tiny_bge_dir):
     for name in ("bees", "tides", "kites"):
         (root / "corpus" / f"{name}.txt").write_text(f"All about {name}. " * 20, encoding="utf-8")
     config = pipeline_config(root / "corpus", root / "index", str(tiny_bge_dir))
-    config["lexical"] = {"type": "bm25"}
+    config["lexical"] = {"type": request.param}
     config["retriever"] = {"type": "hybrid", "k": 2}
     pipe = Pipeline.from_config(config)
     pipe.ingest()
