@@ -100,6 +100,10 @@ class _MemoArm:
     def name(self) -> str:
         return self.arm.name
 
+    @property
+    def index(self) -> Any:
+        return self.arm.index
+
     def encode(self, queries: Sequence[str]) -> Any:
         # Only a dense arm's encoding is known to depend on nothing but the embedder and the text.
         if not isinstance(self.arm, DenseArm) or not queries:

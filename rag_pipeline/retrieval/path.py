@@ -99,7 +99,43 @@ class RetrievalPath:
         return ranked[:top_n] if top_n is not None else ranked
 
     def retrieve(self, queries: Sequence[str], k: int) -> list[list[Document]]:
+        depth = k if self.reranker is None else max(self.fetch_k, k)
+        if len(self.arms) == 1:
+            candidates = self.first_stage(queries, depth)
+        else:
+            # Each arm is searched deep and fusion keeps few of its hits: the arms hand over scores
+            # and metadata only, and the texts of what fusion kept are read once, by id.
+            candidates = self.with_texts(self.first_stage(queries, depth, with_text=False))
         if self.reranker is None:
-            return self.first_stage(queries, k)
-        candidates = self.first_stage(queries, max(self.fetch_k, k))
+            return candidates
         return [self.rerank(query, found, k) for query, found in zip(queries, candidates)]
+
+    def with_texts(self, results: list[list[Document]]) -> list[list[Document]]:
+        """``results`` with each chunk's stored text read back: from a lexical arm's index when
+        there is one (its chunk table, read by key), else from the vector index. A chunk that no
+        index holds any more (removed by another process since the search) is dropped."""
+        wanted = list(dict.fromkeys(d.id for row in results for d in row))
+        texts: dict[str, str] = {}
+        for arm in sorted(self.arms, key=lambda arm: not isinstance(arm, LexicalArm)):
+            missing = [i for i in wanted if i not in texts]
+            if not missing:
+                break
+            texts.update(_stored_texts(arm.index, missing))
+        return [
+            [Document(page_content=texts[d.id], metadata=d.metadata, id=d.id) for d in row if d.id in texts]
+            for row in results
+        ]
+
+
+def _stored_texts(index: Any, ids: list[str]) -> dict[str, str]:
+    """The texts ``index`` holds of ``ids`` (one read; an id it lacks, one by one, left out)."""
+    try:
+        return {d.id: d.page_content for d in index.documents(ids)}
+    except KeyError:
+        texts = {}
+        for chunk_id in ids:
+            try:
+                texts.update((d.id, d.page_content) for d in index.documents([chunk_id]))
+            except KeyError:
+                pass
+        return texts
