@@ -65,16 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print a JSON array of {id, content, metadata}")
     run = with_config(commands.add_parser("run", help="ingest, then answer the config's sample queries"))
     run.add_argument("--k", type=int, default=None, help="number of results per query")
-    evaluate = with_config(commands.add_parser("eval", help="score the pipeline on a BEIR-format test collection"))
-    evaluate.add_argument("--dataset", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
-    evaluate.add_argument("--split", default="test", help="qrels/<split>.tsv to score (default: test)")
+    evaluate = with_config(commands.add_parser(
+        "eval", help="score the pipeline on a BEIR-format test collection, or on labelled questions over its own index"
+    ))
+    collection = evaluate.add_mutually_exclusive_group(required=True)
+    collection.add_argument("--dataset", metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    collection.add_argument(
+        "--labels", metavar="FILE",
+        help="questions (.jsonl or .csv), each naming the source, doc_id or chunk id that answers it, "
+        "scored over the config's own index (ingest it first)",
+    )
+    evaluate.add_argument("--split", default=None, help="with --dataset: qrels/<split>.tsv to score (default: test)")
     evaluate.add_argument("--json", dest="json_path", metavar="FILE", help="also write metrics, config, timings as JSON")
     evaluate.add_argument(
         "--max-queries", type=int, default=None, metavar="N",
         help="quick run: the first N queries, their judged documents plus --distractors others (not comparable to published numbers)",
     )
-    evaluate.add_argument("--distractors", type=int, default=500, metavar="D", help="with --max-queries: other documents drawn at random (default 500)")
-    evaluate.add_argument("--seed", type=int, default=0, help="with --max-queries: seed for drawing the distractors")
+    evaluate.add_argument("--distractors", type=int, default=None, metavar="D", help="with --max-queries: other documents drawn at random (default 500)")
+    evaluate.add_argument("--seed", type=int, default=None, help="with --max-queries: seed for drawing the distractors (default 0)")
+    evaluate.add_argument("--skip-bad", action="store_true", help="with --labels: leave bad labels out (each printed as a warning) instead of stopping")
     evaluate.add_argument(
         "--search", choices=["exact", "ann"], default="exact",
         help="exact: score every chunk (reproducible, as BEIR/MTEB); ann: Chroma's HNSW index, as in serving",
@@ -185,19 +194,34 @@ def _finetune_parser(commands) -> None:
     finetune = commands.add_parser("finetune", help="mine hard negatives, fine-tune the embedder, train a reranker")
     _debug_flag(finetune)
     actions = finetune.add_subparsers(dest="finetune_command", required=True, metavar="ACTION")
-    mine = actions.add_parser("mine", help="write a FlagEmbedding-format training file from a BEIR split's qrels")
+    mine = actions.add_parser(
+        "mine", help="write a FlagEmbedding-format training file from a BEIR split's qrels, or from labelled questions"
+    )
     mine.add_argument("config", help="pipeline config (YAML) whose retriever finds the negatives")
     mine.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as in eval")
-    mine.add_argument("--dataset", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
-    mine.add_argument("--split", default="train", help="qrels/<split>.tsv to mine (default train; test needs --force)")
+    source = mine.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    source.add_argument(
+        "--labels", metavar="FILE",
+        help="questions (.jsonl or .csv), each naming the source, doc_id or chunk id that answers it; "
+        "the corpus is the config's own index (ingest it first)",
+    )
+    mine.add_argument("--split", default=None, help="with --dataset: qrels/<split>.tsv to mine (default train; test needs --force)")
     mine.add_argument("--out", required=True, metavar="FILE", help="training file to write (.jsonl)")
     mine.add_argument("--ranks", default="10..100", metavar="N..M", help="negatives from ranks N+1..M of the first stage (default 10..100)")
     mine.add_argument("--margin", type=float, default=None, help="skip candidates scoring within this of the weakest retrieved positive")
     mine.add_argument("--max-negatives", type=int, default=None, metavar="K", help="keep the first K negatives per query")
-    mine.add_argument("--dev-share", type=float, default=0.2, help="share of the split's queries held out as dev (default 0.2)")
-    mine.add_argument("--dev-seed", type=int, default=0, help="seed of the dev draw (default 0)")
-    mine.add_argument("--no-dev", action="store_true", help="mine every query of the split (hold nothing out)")
-    mine.add_argument("--force", action="store_true", help="allow --split test")
+    mine.add_argument("--dev-share", type=float, default=None, help="with --dataset: share of the split's queries held out as dev (default 0.2)")
+    mine.add_argument("--dev-seed", type=int, default=None, help="with --dataset: seed of the dev draw (default 0)")
+    mine.add_argument("--no-dev", action="store_true", help="with --dataset: mine every query of the split (hold nothing out)")
+    mine.add_argument("--force", action="store_true", help="with --dataset: allow --split test")
+    mine.add_argument(
+        "--holdout", type=float, default=None, metavar="FRACTION",
+        help="with --labels: share of the questions held out, written to OUT's stem + .heldout.jsonl for "
+        "`eval --labels` (default 0.2; 0 holds nothing out)",
+    )
+    mine.add_argument("--seed", type=int, default=None, help="with --labels: seed of the held-out draw (default 0)")
+    mine.add_argument("--skip-bad", action="store_true", help="with --labels: leave bad labels out (each printed as a warning) instead of stopping")
     mine.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _debug_flag(mine)
     for kind in ("embedder", "reranker"):
@@ -352,13 +376,43 @@ def _require_extra(module: str, extra: str, verb: str) -> None:
         raise RagPipelineError(f"{verb} needs {module}, which is not installed: pip install 'rag-pipeline[{extra}]'")
 
 
+def _only_with(args: argparse.Namespace, mode: str, flags: dict[str, str]) -> None:
+    """Refuse a flag (``flags``: attribute -> flag) that the other mode (``--dataset`` or
+    ``--labels``) reads, rather than ignore it."""
+    given = [flag for attribute, flag in flags.items() if getattr(args, attribute) is not None and getattr(args, attribute) is not False]
+    if given:
+        raise RagPipelineError(f"{given[0]}: not read with {mode}")
+
+
+_DATASET_EVAL_FLAGS = {"split": "--split", "max_queries": "--max-queries", "distractors": "--distractors", "seed": "--seed"}
+
+
+def _print_skipped(labels) -> None:
+    for line in labels.warnings():
+        print(f"warning: {line} (left out)", file=sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     _require_extra("pytrec_eval", "eval", "eval")
     from .evaluation import evaluate, load_beir
 
-    dataset = load_beir(args.dataset, split=args.split)
+    if args.labels is not None:
+        from .evaluation import evaluate_labels, load_labels
+
+        _only_with(args, "--labels", _DATASET_EVAL_FLAGS)
+        pipe = _pipeline(args)
+        labels = load_labels(args.labels, pipe, skip_bad=args.skip_bad)
+        _print_skipped(labels)
+        result = evaluate_labels(pipe, labels, search=args.search)
+        print(result.table())
+        if args.json_path:
+            print(f"wrote {result.write_json(args.json_path)}")
+        return 0
+    _only_with(args, "--dataset", {"skip_bad": "--skip-bad"})
+    dataset = load_beir(args.dataset, split=args.split or "test")
     if args.max_queries is not None:
-        dataset = dataset.subset_of(args.max_queries, distractors=args.distractors, seed=args.seed)
+        distractors = 500 if args.distractors is None else args.distractors
+        dataset = dataset.subset_of(args.max_queries, distractors=distractors, seed=args.seed or 0)
     result = evaluate(_pipeline(args), dataset, search=args.search)
     print(result.table())
     if args.json_path:
@@ -563,19 +617,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.finetune_command == "mine":
         from .evaluation import load_beir
 
-        finetuning.refuse_test_split(args.split, args.force)
         skip, _, depth = args.ranks.partition("..")
         if not (skip.isdigit() and depth.isdigit()):
             raise RagPipelineError(f"--ranks: expected N..M (e.g. 10..100), got {args.ranks!r}")
-        dataset = load_beir(args.dataset, split=args.split)
+        window = finetuning.MiningWindow(int(skip), int(depth))
+        if args.labels is not None:
+            return _mine_labels(args, window)
+        _only_with(args, "--dataset", {"holdout": "--holdout", "seed": "--seed", "skip_bad": "--skip-bad"})
+        split = args.split or "train"
+        dev_share = finetuning.DEV_SHARE if args.dev_share is None else args.dev_share
+        dev_seed = finetuning.DEV_SEED if args.dev_seed is None else args.dev_seed
+        finetuning.refuse_test_split(split, args.force)
+        dataset = load_beir(args.dataset, split=split)
         query_ids = list(dataset.queries)
         if not args.no_dev:
-            query_ids, dev_ids = finetuning.dev_split(query_ids, args.dev_share, args.dev_seed)
-            print(f"held out {len(dev_ids)} of {len(dev_ids) + len(query_ids)} {args.split} queries as dev "
-                  f"(share {args.dev_share}, seed {args.dev_seed})", file=sys.stderr)
+            query_ids, dev_ids = finetuning.dev_split(query_ids, dev_share, dev_seed)
+            print(f"held out {len(dev_ids)} of {len(dev_ids) + len(query_ids)} {split} queries as dev "
+                  f"(share {dev_share}, seed {dev_seed})", file=sys.stderr)
         examples = finetuning.mine_hard_negatives(
             args.config, finetuning.with_queries(dataset, query_ids),
-            window=finetuning.MiningWindow(int(skip), int(depth)), margin=args.margin, max_negatives=args.max_negatives,
+            window=window, margin=args.margin, max_negatives=args.max_negatives,
             overrides=dict(parse_override(o) for o in args.overrides), show_progress=False if args.quiet else None,
         )
         path = finetuning.write_training_file(examples, args.out)
@@ -596,6 +657,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                                in_batch_negatives=args.in_batch_negatives)
     print(f"wrote {result.out}: {result.steps} steps in {result.seconds:.0f}s, peak memory {result.peak_rss_mb:.0f} MB "
           f"(card: {result.out / finetuning.CARD_FILENAME})")
+    return 0
+
+
+def _mine_labels(args: argparse.Namespace, window) -> int:
+    """``finetune mine CONFIG --labels FILE``: hold a share out, mine the rest over the config's index."""
+    from . import finetuning
+    from .evaluation import load_labels, write_labels
+
+    _only_with(args, "--labels", {"split": "--split", "dev_share": "--dev-share", "dev_seed": "--dev-seed",
+                                  "no_dev": "--no-dev", "force": "--force"})
+    holdout = finetuning.HOLDOUT_SHARE if args.holdout is None else args.holdout
+    seed = 0 if args.seed is None else args.seed
+    if not 0 <= holdout < 1:
+        raise RagPipelineError(f"--holdout must be 0 or more and below 1, got {holdout}")
+    pipe = _pipeline(args)
+    labels = load_labels(args.labels, pipe, skip_bad=args.skip_bad)
+    _print_skipped(labels)
+    train, held_out = finetuning.split_labels(labels.labels, holdout, seed)
+    examples = finetuning.mine_from_labels(
+        pipe, labels, train, window=window, margin=args.margin, max_negatives=args.max_negatives,
+        show_progress=False if args.quiet else None,
+    )
+    path = finetuning.write_training_file(examples, args.out)
+    print(f"wrote {path}: {len(examples)} questions, {sum(len(e.neg) for e in examples)} negatives")
+    if held_out:
+        kept = write_labels(held_out, finetuning.heldout_path(args.out))
+        print(f"held out {len(held_out)} of {len(labels.labels)} questions (share {holdout}, seed {seed}) in {kept}: "
+              f"score them with `rag-pipeline eval {args.config} --labels {kept}`, before and after training")
+    elif holdout:
+        print(f"held out no question: {holdout} of {len(labels.labels)} rounds to 0", file=sys.stderr)
     return 0
 
 

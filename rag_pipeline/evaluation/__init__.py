@@ -9,12 +9,17 @@
     sweep = compare("configs/scifact-dense.yaml", load_beir("../shared/datasets/scifact", split="train"),
                     {"retriever.fetch_k": [50, 100]})
     print(sweep.to_markdown()); sweep.best().overrides
+
+    # labelled questions over the config's own (ingested) index, instead of a BEIR folder
+    pipe = Pipeline.from_yaml("configs/quickstart.yaml")
+    print(evaluate_labels(pipe, load_labels("questions.jsonl", pipe)).table())
 """
 
 from .beir import BeirDataset, SubsetSpec, load_beir
 from .comparison import (
     ComparisonPlan, ComparisonResult, ComparisonRow, compare, parse_grid, run_comparison, validate_grid,
 )
+from .labels import Labels, LabelsEvalResult, evaluate_labels, load_labels, read_labels, write_labels
 from .metrics import METRICS, MetricReport, evaluate_run, recall_curve
 from .runner import EvalResult, eval_collection_name, evaluate
 
@@ -25,15 +30,21 @@ __all__ = [
     "ComparisonResult",
     "ComparisonRow",
     "EvalResult",
+    "Labels",
+    "LabelsEvalResult",
     "MetricReport",
     "SubsetSpec",
     "compare",
     "eval_collection_name",
     "evaluate",
+    "evaluate_labels",
     "evaluate_run",
     "load_beir",
+    "load_labels",
     "parse_grid",
+    "read_labels",
     "recall_curve",
     "run_comparison",
     "validate_grid",
+    "write_labels",
 ]

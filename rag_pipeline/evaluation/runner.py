@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 from langchain_core.documents import Document
@@ -349,24 +349,29 @@ def _open_eval_collection(index) -> bool:
     return False
 
 
-def _best_chunk_per_doc(chunks: list[Document], depth: int) -> dict[str, float]:
-    """A document's score is its best chunk's."""
+def _best_chunk_per_doc(
+    chunks: list[Document], depth: int, key: Callable[[Document], str] = document_key
+) -> dict[str, float]:
+    """A document's score is its best chunk's (``key``: what counts as one document; a file for
+    labels that name files)."""
     scores: dict[str, float] = {}
     for chunk in chunks:
-        doc, score = document_key(chunk), float(chunk.metadata["score"])
+        doc, score = key(chunk), float(chunk.metadata["score"])
         if score > scores.get(doc, -math.inf):
             scores[doc] = score
     return dict(ranked(scores)[:depth])
 
 
-def _reranked_run(reranked: list[Document], first_stage: dict[str, float], depth: int) -> dict[str, float]:
+def _reranked_run(
+    reranked: list[Document], first_stage: dict[str, float], depth: int, key: Callable[[Document], str] = document_key
+) -> dict[str, float]:
     """Reranked documents first (by best chunk's rerank score), then the rest in first-stage order.
 
     The run's scores are rank-derived (depth, depth-1, ...) so that the two parts stay in order.
     """
     best: dict[str, float] = {}
     for chunk in reranked:
-        doc, score = document_key(chunk), float(chunk.metadata["rerank_score"])
+        doc, score = key(chunk), float(chunk.metadata["rerank_score"])
         if score > best.get(doc, -math.inf):
             best[doc] = score
     order = [doc for doc, _ in ranked(best)] + [doc for doc, _ in ranked(first_stage) if doc not in best]

@@ -16,11 +16,13 @@ DEV_SHARE = 0.2
 DEV_SEED = 0
 
 
-def dev_split(query_ids: Iterable[str], share: float = DEV_SHARE, seed: int = DEV_SEED) -> tuple[list[str], list[str]]:
+def dev_split(
+    query_ids: Iterable[str], share: float = DEV_SHARE, seed: int = DEV_SEED, *, what: str = "--dev-share"
+) -> tuple[list[str], list[str]]:
     """``(train_ids, dev_ids)``: ``round(share * n)`` ids drawn with ``random.Random(seed)``,
-    each list in sorted order."""
+    each list in sorted order. ``what``: the share's name in the error (``--holdout`` for labels)."""
     if not 0 < share < 1:
-        raise ConfigError(f"--dev-share must be between 0 and 1, got {share}")
+        raise ConfigError(f"{what} must be between 0 and 1, got {share}")
     ids = sorted(set(query_ids))
     dev = set(random.Random(seed).sample(ids, round(share * len(ids))))
     return [q for q in ids if q not in dev], [q for q in ids if q in dev]
