@@ -198,6 +198,7 @@ def train_embedder(
     columns = _rows(examples, settings.negatives, instruction)
     started = time.perf_counter()
     model = SentenceTransformer(resolved.path or resolved.model_id, device="cuda" if _cuda() else "cpu")
+    base_length = model.max_seq_length
     if settings.max_length is not None:
         model.max_seq_length = settings.max_length
     if lora_rank:
@@ -214,6 +215,9 @@ def train_embedder(
     trainer, resume_from = _train(SentenceTransformerTrainer, model, arguments, Dataset.from_dict(columns), objective, out, settings)
     if lora_rank:
         _merge_lora(model)
+    # The training length is a cost choice (shorter is faster), not a property of the tuned model:
+    # saved with it, a config without max_seq_length would embed every chunk cut to it.
+    model.max_seq_length = base_length
     model.save(str(out))
     card = _card(
         "embedder", base, resolved, data, loss, settings, trainer, time.perf_counter() - started,

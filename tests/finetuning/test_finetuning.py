@@ -227,6 +227,17 @@ def test_a_few_embedder_steps_change_the_weights_and_load_with_a_new_identity(tm
     assert card["data_sha256"] and card["query_instruction"].startswith("Represent this sentence")
 
 
+def test_a_shorter_training_length_is_not_saved_as_the_tuned_models_length(tmp_path, tiny_bge_dir):
+    from sentence_transformers import SentenceTransformer
+
+    data = write_training_file(toy_examples(), tmp_path / "train.jsonl")
+    base_length = SentenceTransformer(str(tiny_bge_dir), device="cpu").max_seq_length
+    train_embedder(data, str(tiny_bge_dir), tmp_path / "tuned", quick(max_length=16))
+    assert base_length > 16
+    assert SentenceTransformer(str(tmp_path / "tuned"), device="cpu").max_seq_length == base_length
+    assert read_card(tmp_path / "tuned")["settings"]["max_length"] == 16  # the card still says how it was trained
+
+
 def test_resume_continues_where_the_checkpoint_left_off(tmp_path, tiny_bge_dir):
     import shutil
 
