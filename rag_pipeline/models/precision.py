@@ -112,7 +112,29 @@ def cpu_bf16_support() -> tuple[bool, str]:
     override = os.environ.get(CPU_BF16_ENV, "").strip()
     if override in ("0", "1"):
         return override == "1", f"{CPU_BF16_ENV}={override}"
+    capped = onednn_isa_cap()
+    if capped is not None:
+        return False, capped
     return cpu_flags_bf16_support("/proc/cpuinfo")
+
+
+# oneDNN's ONEDNN_MAX_CPU_ISA values whose kernels include native bf16 dot products; any other
+# value caps oneDNN below them, and bf16 would then be emulated (slower than fp32).
+_ONEDNN_BF16_ISAS = frozenset({
+    "ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
+})
+
+
+def onednn_isa_cap() -> str | None:
+    """Why bf16 is off although the CPU may have it: ``ONEDNN_MAX_CPU_ISA`` (also spelled
+    ``DNNL_MAX_CPU_ISA``) capping oneDNN, which runs the CPU's bf16 matrix products, below the
+    instruction sets that have them; None when nothing caps it."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return None if value in _ONEDNN_BF16_ISAS else f"{name}={value} caps oneDNN below bf16"
+    return None
 
 
 @lru_cache(maxsize=4)

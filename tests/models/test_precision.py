@@ -147,3 +147,27 @@ def test_config_show_warns_once_for_a_fallback(repo_root, capsys, caplog, cpu_wi
                      "--set", "embeddings.precision=bf16"]) == 0
     assert "# embeddings.precision: bf16 -> fp32 on cpu" in capsys.readouterr().out
     assert len([r for r in caplog.records if r.getMessage().startswith("embeddings.precision is bf16 but")]) == 1
+
+
+@pytest.mark.parametrize(
+    "cap, bf16",
+    [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)],
+)
+def test_a_onednn_isa_cap_below_bf16_makes_auto_fp32(monkeypatch, cap, bf16):
+    # ONEDNN_MAX_CPU_ISA=AVX2 is how a bf16 CPU is made to run as an AVX2-only one: oneDNN then
+    # has no bf16 kernels, and auto must not pick an emulated bf16 because /proc/cpuinfo still has it
+    monkeypatch.delenv(precision_module.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(precision_module, "cpu_flags_bf16_support", lambda cpuinfo: (True, "CPU has avx512_bf16"))
+    supported, why = precision_module.cpu_bf16_support()
+    assert supported is bf16
+    if not bf16:
+        assert "ONEDNN_MAX_CPU_ISA" in why
+        assert precision_module.resolve_precision("cpu", "auto", "embeddings").dtype == "float32"
+
+
+def test_the_bf16_override_wins_over_a_onednn_cap(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv(precision_module.CPU_BF16_ENV, "1")
+    assert precision_module.cpu_bf16_support() == (True, f"{precision_module.CPU_BF16_ENV}=1")
