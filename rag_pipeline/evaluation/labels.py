@@ -45,7 +45,7 @@ from langchain_core.documents import Document
 from ..errors import ConfigError, IndexNotFoundError, positive_count
 from ..pipeline import Pipeline
 from .metrics import METRICS, evaluate_run
-from .runner import STAGES, _best_chunk_per_doc, _reranked_run
+from .runner import STAGES, _best_chunk_per_doc, _reranked_run, write_report
 
 AnswerKind = Literal["source", "doc_id", "id"]
 ANSWER_KINDS: tuple[AnswerKind, ...] = ("source", "doc_id", "id")
@@ -419,10 +419,7 @@ class LabelsEvalResult:
         return {"metrics": self.metrics, "labels": self.labels, "config": self.config, "timings": self.timings}
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return write_report(path, self.to_json())
 
     def table(self) -> str:
         """Values x100, as ``rag-pipeline eval`` prints them."""

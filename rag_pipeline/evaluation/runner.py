@@ -66,6 +66,14 @@ VERSIONED_PACKAGES = (
 )
 
 
+
+def write_report(path: str | Path, payload: dict[str, Any]) -> Path:
+    """An evaluation's JSON (``eval --json``), folders made as needed; the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
 @dataclass
 class EvalResult:
     """Scores, runs and timings of one evaluation. ``to_json()`` is what ``--json`` writes."""
@@ -102,10 +110,7 @@ class EvalResult:
         return payload
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return write_report(path, self.to_json())
 
     def table(self) -> str:
         """A plain-text table (values x100, as papers and leaderboards print them) and the timings."""
