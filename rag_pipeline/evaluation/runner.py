@@ -66,13 +66,13 @@ VERSIONED_PACKAGES = (
 )
 
 
-
 def write_report(path: str | Path, payload: dict[str, Any]) -> Path:
     """An evaluation's JSON (``eval --json``), folders made as needed; the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
 
 @dataclass
 class EvalResult:
