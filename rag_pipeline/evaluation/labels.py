@@ -45,6 +45,7 @@ from langchain_core.documents import Document
 from ..errors import ConfigError, IndexNotFoundError, positive_count
 from ..pipeline import Pipeline
 from .metrics import METRICS, evaluate_run
+from ..retrieval.path import encoded_part
 from .runner import STAGES, _best_chunk_per_doc, _reranked_run, write_report
 
 AnswerKind = Literal["source", "doc_id", "id"]
@@ -395,11 +396,6 @@ def searching(pipe: Pipeline, search: Literal["exact", "ann"]) -> Pipeline:
     config = pipe.config.model_copy(deep=True)
     config.retriever.search = search
     return Pipeline(config)
-
-
-def encoded_part(encoded: list[Any], rows: Sequence[int]) -> list[Any]:
-    """The rows ``rows`` of each arm's encoded queries (None for an arm that encodes nothing)."""
-    return [vectors[list(rows)] if vectors is not None else None for vectors in encoded]
 
 
 @dataclass

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from ..errors import ConfigError
-from ..evaluation.labels import Labels, ResolvedLabel, encoded_part, searching
+from ..evaluation.labels import Labels, ResolvedLabel, searching
+from ..retrieval.path import encoded_part
 from ..pipeline import Pipeline
 from .data import TrainingExample
 from .mining import MiningWindow

@@ -12,6 +12,11 @@ from .first_stage import DenseArm, LexicalArm
 from .fusion import FusionFunction, fuse_single
 
 
+def encoded_part(encoded: list[Any], rows: Sequence[int]) -> list[Any]:
+    """The rows ``rows`` of each arm's encoded queries (None for an arm that encodes nothing)."""
+    return [vectors[list(rows)] if vectors is not None else None for vectors in encoded]
+
+
 def document_key(document: Document) -> str:
     """What a result list counts as one item: a source document (its chunks share it)."""
     return str(document.metadata.get("doc_id", document.id))
@@ -81,7 +86,7 @@ class RetrievalPath:
         results: list[list[Document]] = [[] for _ in queries]
         pending = list(range(len(queries)))
         while pending:
-            part_encoded = [vectors[pending] if vectors is not None else None for vectors in encoded]
+            part_encoded = encoded_part(encoded, pending)
             found = self.first_stage([queries[i] for i in pending], n, encoded=part_encoded, with_text=with_text)
             short = []
             for index, documents in zip(pending, found):
